@@ -1,0 +1,44 @@
+//! Wire protocols spoken between silo-proxy agents and the server.
+//!
+//! The native protocol (`silo.tunnel.v1`) is ours to evolve; the legacy one
+//! (`proxy`) is frozen to what agents of the original Go implementation
+//! speak. Everything both ends must agree on besides the messages lives here
+//! too: metadata keys, limits, flow-control windows and header handling.
+//!
+//! # Layout
+//! - [`v1`]: generated native messages, client and server.
+//! - [`legacy`]: generated legacy messages, client and server.
+//! - [`headers`]: HTTP header <-> wire conversion and hop-by-hop filtering.
+//! - [`limits`]: frame sizes, windows and timeouts shared by both ends.
+
+pub mod headers;
+pub mod limits;
+
+/// Native protocol, version 1.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("silo.tunnel.v1");
+}
+
+/// Legacy protocol of the Go implementation (package `proxy`).
+pub mod legacy {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("proxy");
+
+    /// Full gRPC path of the legacy stream, fixed by deployed agents.
+    pub const STREAM_PATH: &str = "/proxy.ProxyService/Stream";
+}
+
+/// Revision of the native protocol this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Request metadata key carrying the session id on `Exchange` streams.
+pub const SESSION_ID_METADATA: &str = "silo-session-id";
+
+/// Capability flags exchanged in the hello.
+pub mod capabilities {
+    /// The agent relays HTTP Upgrade (WebSocket) exchanges.
+    pub const UPGRADE: &str = "upgrade";
+    /// The agent can renew its certificate over the tunnel.
+    pub const RENEW: &str = "renew";
+}
