@@ -1,0 +1,185 @@
+//! The local service the agent fronts: a pooled HTTP client and the request
+//! rewriting (target URL, hop-by-hop headers, `X-Forwarded-*`).
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use silo_proto::v1::RequestStart;
+use std::time::Duration;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type LocalBody = UnsyncBoxBody<Bytes, BoxError>;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+pub struct LocalService {
+    base: Uri,
+    client: Client<HttpConnector, LocalBody>,
+}
+
+impl LocalService {
+    pub fn new(base: Uri) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Self { base, client }
+    }
+
+    pub fn url(&self) -> &Uri {
+        &self.base
+    }
+
+    /// The request for the local service: its URL joined with the
+    /// forwarded path, headers kept in order minus hop-by-hop ones, `Host`
+    /// set by the client from the URL, and `X-Forwarded-*` added.
+    pub fn build_request(
+        &self,
+        start: &RequestStart,
+        body: LocalBody,
+    ) -> Result<Request<LocalBody>, String> {
+        let base_path = self.base.path().trim_end_matches('/');
+        let pq = if start.path_and_query.starts_with('/') {
+            start.path_and_query.clone()
+        } else {
+            format!("/{}", start.path_and_query)
+        };
+        let authority = self
+            .base
+            .authority()
+            .map(|a| a.as_str())
+            .unwrap_or("localhost");
+        let uri: Uri = format!("http://{authority}{base_path}{pq}")
+            .parse()
+            .map_err(|e| format!("invalid request path: {e}"))?;
+        let method = http::Method::from_bytes(start.method.as_bytes())
+            .map_err(|_| "invalid method".to_owned())?;
+        let mut headers = silo_proto::headers::from_wire(start.headers.clone());
+        silo_proto::headers::strip_hop_by_hop(&mut headers, start.upgrade);
+        headers.remove(header::HOST);
+        add_forwarded(&mut headers, start);
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+
+    pub async fn send(
+        &self,
+        req: Request<LocalBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        self.client.request(req).await.map_err(|e| {
+            format!(
+                "local service {} is unreachable: {}",
+                self.base,
+                error_chain(&e)
+            )
+        })
+    }
+}
+
+fn add_forwarded(headers: &mut HeaderMap, start: &RequestStart) {
+    if !start.client_addr.is_empty() {
+        let prior: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let chain = if prior.is_empty() {
+            start.client_addr.clone()
+        } else {
+            format!("{}, {}", prior.join(", "), start.client_addr)
+        };
+        if let Ok(v) = HeaderValue::from_str(&chain) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+    }
+    for (name, value) in [
+        (X_FORWARDED_PROTO, &start.scheme),
+        (X_FORWARDED_HOST, &start.host),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(value)
+            && !value.is_empty()
+        {
+            headers.insert(name, v);
+        }
+    }
+}
+
+/// "client error (Connect): tcp connect error: Connection refused" rather
+/// than the bare outermost message.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Empty};
+    use silo_proto::v1::Header;
+
+    fn start(path: &str, headers: &[(&str, &str)]) -> RequestStart {
+        RequestStart {
+            method: "GET".into(),
+            path_and_query: path.into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| Header {
+                    name: (*n).into(),
+                    value: Bytes::copy_from_slice(v.as_bytes()),
+                })
+                .collect(),
+            client_addr: "203.0.113.7".into(),
+            scheme: "http".into(),
+            host: "public.example:8000".into(),
+            ..Default::default()
+        }
+    }
+
+    fn empty() -> LocalBody {
+        Empty::new().map_err(|never| match never {}).boxed_unsync()
+    }
+
+    #[test]
+    fn joins_base_path_and_sets_forwarded_headers() {
+        let local = LocalService::new("http://127.0.0.1:3000/app/".parse().unwrap());
+        let req = local
+            .build_request(
+                &start(
+                    "/x/y?q=1",
+                    &[
+                        ("host", "public.example"),
+                        ("x-forwarded-for", "10.0.0.1"),
+                        ("cookie", "a=1"),
+                    ],
+                ),
+                empty(),
+            )
+            .unwrap();
+        assert_eq!(req.uri(), "http://127.0.0.1:3000/app/x/y?q=1");
+        assert!(req.headers().get("host").is_none());
+        assert_eq!(req.headers()["x-forwarded-for"], "10.0.0.1, 203.0.113.7");
+        assert_eq!(req.headers()["x-forwarded-proto"], "http");
+        assert_eq!(req.headers()["x-forwarded-host"], "public.example:8000");
+        assert_eq!(req.headers()["cookie"], "a=1");
+    }
+}

@@ -1,0 +1,131 @@
+//! The agent's standby Exchange streams.
+//!
+//! The agent keeps at least `min_idle` streams open in advance; the server
+//! claims one by sending a request head on it, which saves the round trip of
+//! opening a stream on demand. Each claim opens a replacement, and two when
+//! the claim took the last idle one, so the pool grows to the concurrency the
+//! server asks for (bounded by `max_total`).
+
+use crate::exchange;
+use crate::local::LocalService;
+use silo_proto::SESSION_ID_METADATA;
+use silo_proto::limits::FRAME_QUEUE;
+use silo_proto::v1::tunnel_client::TunnelClient;
+use silo_proto::v1::{ServerFrame, server_frame};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tracing::{Instrument, debug, debug_span};
+
+pub struct StandbyPool {
+    client: TunnelClient<Channel>,
+    session_id: MetadataValue<tonic::metadata::Ascii>,
+    local: Arc<LocalService>,
+    idle: AtomicU32,
+    active: AtomicU32,
+    min_idle: u32,
+    max_total: u32,
+    /// Stops idle standbys (not exchanges under way) when the session ends.
+    stop: CancellationToken,
+    /// Exchanges under way, for a draining shutdown.
+    pub exchanges: TaskTracker,
+}
+
+impl StandbyPool {
+    pub fn new(
+        client: TunnelClient<Channel>,
+        session_id: &str,
+        local: Arc<LocalService>,
+        min_idle: u32,
+        max_total: u32,
+    ) -> Result<Arc<Self>, String> {
+        let session_id = session_id
+            .parse()
+            .map_err(|_| "server sent an invalid session id".to_owned())?;
+        Ok(Arc::new(Self {
+            client,
+            session_id,
+            local,
+            idle: AtomicU32::new(0),
+            active: AtomicU32::new(0),
+            min_idle: min_idle.max(1),
+            max_total: max_total.max(1),
+            stop: CancellationToken::new(),
+            exchanges: TaskTracker::new(),
+        }))
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Opens standbys until `min_idle` are idle.
+    pub fn fill(self: &Arc<Self>) {
+        let idle = self.idle.load(Ordering::Relaxed);
+        self.open(self.min_idle.saturating_sub(idle));
+    }
+
+    /// Stops handing out new exchanges; those under way continue.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    fn open(self: &Arc<Self>, count: u32) {
+        for _ in 0..count {
+            let total = self.idle.load(Ordering::Relaxed) + self.active.load(Ordering::Relaxed);
+            if total >= self.max_total || self.stop.is_cancelled() {
+                return;
+            }
+            self.idle.fetch_add(1, Ordering::Relaxed);
+            let pool = self.clone();
+            self.exchanges.spawn(async move { pool.standby().await });
+        }
+    }
+
+    async fn standby(self: Arc<Self>) {
+        let (tx, rx) = mpsc::channel(FRAME_QUEUE);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert(SESSION_ID_METADATA, self.session_id.clone());
+        let mut client = self.client.clone();
+        let opened = tokio::select! {
+            r = client.exchange(request) => r,
+            _ = self.stop.cancelled() => Err(tonic::Status::cancelled("session ended")),
+        };
+        let mut inbound = match opened {
+            Ok(resp) => resp.into_inner(),
+            Err(status) => {
+                debug!(code = ?status.code(), "standby stream not opened: {}", status.message());
+                self.idle.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        debug!(closed = tx.is_closed(), "standby stream open");
+        let first = tokio::select! {
+            m = inbound.message() => m,
+            _ = self.stop.cancelled() => Ok(None),
+        };
+        let idle_left = self.idle.fetch_sub(1, Ordering::Relaxed) - 1;
+        let Ok(Some(ServerFrame {
+            frame: Some(server_frame::Frame::Start(start)),
+        })) = first
+        else {
+            return;
+        };
+        debug!(closed = tx.is_closed(), "standby claimed");
+        self.active.fetch_add(1, Ordering::Relaxed);
+        let refill = self.min_idle.saturating_sub(idle_left).max(1) + u32::from(idle_left == 0);
+        self.open(refill);
+        let span = debug_span!("exchange", id = %start.exchange_id, method = %start.method);
+        exchange::run(&self.local, start, inbound, tx)
+            .instrument(span)
+            .await;
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}

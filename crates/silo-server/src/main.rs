@@ -1,0 +1,80 @@
+//! `silo-proxy-server`: parse the command line, load and validate the
+//! configuration, set up logging and signals, and hand over to the library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use silo_core::config::{ConfigSource, load};
+use silo_server::config::{SECRET_KEYS, ServerConfig};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "silo-proxy-server",
+    version,
+    about = "Reverse HTTP tunnel server: carries HTTP requests to agents behind NAT"
+)]
+struct Cli {
+    /// Configuration file (default: application.yaml or application.yml in
+    /// the working directory, if present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Validate the configuration, print its summary and exit.
+    #[arg(long, global = true)]
+    check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Run,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => match run_server(cli.config, cli.check_config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("silo-proxy-server: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run_server(config_file: Option<PathBuf>, check_only: bool) -> anyhow::Result<()> {
+    let loaded = load::<ServerConfig>(&ConfigSource::for_process(config_file))?;
+    let config = loaded.config;
+    config.validate()?;
+    silo_core::logging::init_tracing(&config.log);
+    let summary = silo_core::config::masked_summary(&config, SECRET_KEYS);
+    if check_only {
+        println!("configuration OK: {summary}");
+        return Ok(());
+    }
+    tracing::info!(file = ?loaded.file, config = %summary, "starting silo-proxy-server {}", env!("CARGO_PKG_VERSION"));
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listeners = silo_server::Listeners::bind(&config).await?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signal_shutdown(shutdown.clone()));
+        silo_server::run(config, listeners, shutdown).await?;
+        Ok(())
+    })
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+async fn signal_shutdown(token: CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown signal received");
+    token.cancel();
+}

@@ -1,0 +1,233 @@
+//! The native tunnel service (`silo.tunnel.v1.Tunnel`).
+//!
+//! # Layout
+//! - this file: the gRPC handlers — hello/welcome, heartbeats, stale
+//!   eviction and session teardown; standby stream registration.
+//! - [`session`]: per-session state and the standby pool.
+//! - [`exchange`]: forwarding one HTTP exchange over a standby stream.
+
+mod exchange;
+pub mod session;
+
+use crate::agent::{AgentConnection, AgentInfo, CloseReason, Protocol};
+use crate::state::ServerState;
+use session::{NativeSession, Standby};
+use silo_proto::limits::{
+    FRAME_QUEUE, HELLO_TIMEOUT, MAX_CHUNK_BYTES, MAX_CONCURRENT_EXCHANGES, MIN_STANDBY_STREAMS,
+};
+use silo_proto::v1::tunnel_server::Tunnel;
+use silo_proto::v1::{
+    AgentFrame, AgentMessage, GoAway, Heartbeat, Hello, Limits, ServerFrame, ServerMessage,
+    Welcome, agent_message, server_message,
+};
+use silo_proto::{PROTOCOL_VERSION, SESSION_ID_METADATA};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, info, info_span, warn};
+
+pub struct TunnelService {
+    state: Arc<ServerState>,
+    sessions: Arc<RwLock<HashMap<String, Arc<NativeSession>>>>,
+}
+
+impl TunnelService {
+    pub fn new(state: Arc<ServerState>) -> Self {
+        Self {
+            state,
+            sessions: Arc::default(),
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        let grpc = &self.state.config.grpc;
+        Limits {
+            max_chunk_bytes: MAX_CHUNK_BYTES as u32,
+            keepalive_seconds: grpc.keepalive_seconds as u32,
+            stale_after_seconds: grpc.stale_after_seconds as u32,
+            min_standby_streams: MIN_STANDBY_STREAMS,
+            max_concurrent_exchanges: MAX_CONCURRENT_EXCHANGES,
+        }
+    }
+}
+
+async fn read_hello(inbound: &mut Streaming<AgentMessage>) -> Result<Hello, Status> {
+    let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no hello within 10 seconds"))??;
+    match first {
+        Some(AgentMessage {
+            msg: Some(agent_message::Msg::Hello(hello)),
+        }) => Ok(hello),
+        Some(_) => Err(Status::invalid_argument(
+            "the first message must be a hello",
+        )),
+        None => Err(Status::cancelled("stream closed before the hello")),
+    }
+}
+
+fn msg(m: server_message::Msg) -> Result<ServerMessage, Status> {
+    Ok(ServerMessage { msg: Some(m) })
+}
+
+#[tonic::async_trait]
+impl Tunnel for TunnelService {
+    type SessionStream = ReceiverStream<Result<ServerMessage, Status>>;
+    type ExchangeStream = ReceiverStream<Result<ServerFrame, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let remote_addr = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let hello = read_hello(&mut inbound).await?;
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "protocol version {} is not supported (server speaks {PROTOCOL_VERSION})",
+                hello.protocol_version
+            )));
+        }
+        silo_core::id::validate_agent_id(&hello.agent_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if self.state.shutdown.is_cancelled() {
+            return Err(Status::unavailable("server shutting down"));
+        }
+        let info = AgentInfo {
+            agent_id: hello.agent_id.clone(),
+            session_id: uuid::Uuid::new_v4().to_string(),
+            protocol: Protocol::Native,
+            connected_since: OffsetDateTime::now_utc(),
+            remote_addr,
+            agent_version: hello.agent_version.clone(),
+            cert_serial: None,
+            cert_not_after: None,
+        };
+        let session = Arc::new(NativeSession::new(
+            info,
+            self.state.exchange_settings.clone(),
+            self.state.in_flight.clone(),
+        ));
+        let span = info_span!("session", agent_id = %hello.agent_id, session = %&session.info.session_id[..8]);
+        let attached = match self.state.attach(session.clone()).await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(parent: &span, remote = ?remote_addr, "agent refused: {e}");
+                return Err(Status::resource_exhausted(e.to_string()));
+            }
+        };
+        self.sessions
+            .write()
+            .expect("sessions lock")
+            .insert(session.info.session_id.clone(), session.clone());
+        info!(parent: &span, remote = ?remote_addr, port = ?attached, version = %hello.agent_version, "agent connected");
+
+        let (tx, rx) = mpsc::channel(8);
+        let welcome = Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            session_id: session.info.session_id.clone(),
+            agent_id: session.info.agent_id.clone(),
+            assigned_port: attached.map_or(0, u32::from),
+            limits: Some(self.limits()),
+            server_version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        tx.send(msg(server_message::Msg::Welcome(welcome)))
+            .await
+            .map_err(|_| Status::cancelled("agent went away"))?;
+        let stale_after = Duration::from_secs(self.state.config.grpc.stale_after_seconds);
+        let (state, sessions) = (self.state.clone(), self.sessions.clone());
+        tokio::spawn(
+            async move {
+                run_session(&session, inbound, &tx, stale_after).await;
+                let reason = session.close_reason();
+                session.close(reason.unwrap_or(CloseReason::Shutdown));
+                session.drop_standby();
+                sessions
+                    .write()
+                    .expect("sessions lock")
+                    .remove(&session.info.session_id);
+                state
+                    .registry
+                    .detach(&session.info.agent_id, &session.info.session_id)
+                    .await;
+                info!(
+                    reason = reason.map_or("agent disconnected", |r| r.as_str()),
+                    "session ended"
+                );
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn exchange(
+        &self,
+        request: Request<Streaming<AgentFrame>>,
+    ) -> Result<Response<Self::ExchangeStream>, Status> {
+        let session_id = request
+            .metadata()
+            .get(SESSION_ID_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::unauthenticated("missing silo-session-id"))?;
+        let session = self
+            .sessions
+            .read()
+            .expect("sessions lock")
+            .get(session_id)
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("unknown or closed session"))?;
+        let (tx, rx) = mpsc::channel(FRAME_QUEUE);
+        tracing::debug!(agent_id = %session.info.agent_id, "standby stream registered");
+        session.add_standby(Standby {
+            tx,
+            inbound: request.into_inner(),
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Serves the control stream until the agent leaves, goes stale or the
+/// session is closed.
+async fn run_session(
+    session: &NativeSession,
+    mut inbound: Streaming<AgentMessage>,
+    tx: &mpsc::Sender<Result<ServerMessage, Status>>,
+    stale_after: Duration,
+) {
+    let mut check = tokio::time::interval(stale_after / 4);
+    loop {
+        tokio::select! {
+            _ = session.cancel.cancelled() => {
+                let reason = session.close_reason().unwrap_or(CloseReason::Shutdown);
+                let go_away = GoAway {
+                    reason: reason.as_str().to_owned(),
+                    retry_after_ms: 1000,
+                    permanent: reason == CloseReason::Forgotten,
+                };
+                let _ = tx.send(msg(server_message::Msg::GoAway(go_away))).await;
+                return;
+            }
+            m = inbound.message() => match m {
+                Ok(Some(AgentMessage { msg: Some(agent_message::Msg::Heartbeat(hb)) })) => {
+                    session.touch();
+                    let ack = Heartbeat { sent_unix_ms: hb.sent_unix_ms };
+                    if tx.send(msg(server_message::Msg::HeartbeatAck(ack))).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(_)) => session.touch(),
+                Ok(None) | Err(_) => return,
+            },
+            _ = check.tick() => {
+                if session.idle_for() > stale_after {
+                    warn!("no heartbeat for {stale_after:?}; evicting the agent");
+                    session.close(CloseReason::Stale);
+                }
+            }
+        }
+    }
+}
