@@ -5,7 +5,7 @@ use silo_core::config::ConfigError;
 use silo_core::logging::LogConfig;
 use std::net::IpAddr;
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
     pub log: LogConfig,
@@ -14,6 +14,20 @@ pub struct AgentConfig {
     pub local: LocalConfig,
     pub renew: RenewConfig,
     pub shutdown_grace_seconds: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            log: LogConfig::default(),
+            http: HealthConfig::default(),
+            grpc: GrpcConfig::default(),
+            local: LocalConfig::default(),
+            renew: RenewConfig::default(),
+            // config.md; 0 would be refused by `validate`.
+            shutdown_grace_seconds: 10,
+        }
+    }
 }
 
 /// The agent's own `GET /health` listener; port 0 turns it off.
@@ -53,7 +67,8 @@ impl Default for GrpcConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// Mutual TLS is on by default (config.md); `provision` writes the files.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     pub enabled: bool,
@@ -61,6 +76,18 @@ pub struct TlsConfig {
     pub key_file: String,
     pub ca_file: String,
     pub server_name_override: String,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cert_file: String::new(),
+            key_file: String::new(),
+            ca_file: String::new(),
+            server_name_override: String::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -103,19 +130,27 @@ impl AgentConfig {
             .map_err(|e| ConfigError::invalid("grpc.agent_id", &self.grpc.agent_id, e))?;
         self.server_uri()?;
         self.service_uri()?;
-        if self.grpc.protocol != "native" {
+        if !matches!(self.grpc.protocol.as_str(), "native" | "legacy") {
             return Err(ConfigError::invalid(
                 "grpc.protocol",
                 &self.grpc.protocol,
-                "native (the legacy client mode is not available yet)",
+                "native or legacy (a server of the Go implementation)",
             ));
         }
         if self.grpc.tls.enabled {
-            return Err(ConfigError::invalid(
-                "grpc.tls.enabled",
-                true,
-                "false in this build (mutual TLS is not available yet)",
-            ));
+            let tls = &self.grpc.tls;
+            for (key, path) in [
+                ("grpc.tls.cert_file", &tls.cert_file),
+                ("grpc.tls.key_file", &tls.key_file),
+                ("grpc.tls.ca_file", &tls.ca_file),
+            ] {
+                if path.is_empty() {
+                    return Err(ConfigError::invalid(key, "\"\"", "a file path (required with grpc.tls.enabled)"));
+                }
+                if let Err(e) = std::fs::metadata(path) {
+                    return Err(ConfigError::invalid(key, path, format!("a readable file ({e})")));
+                }
+            }
         }
         if self.shutdown_grace_seconds == 0 {
             return Err(ConfigError::invalid(
@@ -182,9 +217,41 @@ impl AgentConfig {
 mod tests {
     use super::*;
 
+    fn plain() -> AgentConfig {
+        let mut c = AgentConfig::default();
+        c.grpc.tls.enabled = false;
+        c
+    }
+
     #[test]
-    fn defaults_are_valid() {
-        AgentConfig::default().validate().unwrap();
+    fn defaults_without_tls_are_valid() {
+        plain().validate().unwrap();
+    }
+
+    #[test]
+    fn tls_by_default_needs_certificate_files() {
+        let e = AgentConfig::default().validate().unwrap_err().to_string();
+        assert!(e.contains("grpc.tls.cert_file"), "{e}");
+        let mut c = AgentConfig::default();
+        c.grpc.tls.cert_file = "/nonexistent/agent-cert.pem".into();
+        c.grpc.tls.key_file = "/nonexistent/agent-key.pem".into();
+        c.grpc.tls.ca_file = "/nonexistent/ca.pem".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("grpc.tls.cert_file") && e.contains("/nonexistent/agent-cert.pem"), "{e}");
+    }
+
+    #[test]
+    fn protocol_is_native_or_legacy() {
+        let mut c = plain();
+        c.shutdown_grace_seconds = 10;
+        c.grpc.protocol = "legacy".into();
+        c.validate().unwrap();
+        c.grpc.protocol = "grpc".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("grpc.protocol") && e.contains("native or legacy"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -201,7 +268,7 @@ mod tests {
             ("http.bind", |c| c.http.bind = "localhost".into()),
         ];
         for (key, mutate) in cases {
-            let mut c = AgentConfig::default();
+            let mut c = plain();
             mutate(&mut c);
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains(key), "{key}: {e}");

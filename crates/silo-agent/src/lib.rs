@@ -9,12 +9,18 @@
 //! - [`standby`]: the pool of pre-opened exchange streams.
 //! - [`exchange`]: one exchange against the local service ([`local`]).
 //! - [`health`]: the agent's own `GET /health`.
+//! - [`provision`]: the `provision` command (key + CSR → certificate).
+//! - [`renew`]: automatic certificate renewal over the tunnel.
+//! - [`legacy`]: client mode for servers of the Go implementation.
 
 pub mod backoff;
 pub mod config;
 pub mod exchange;
 pub mod health;
+pub mod legacy;
 pub mod local;
+pub mod provision;
+pub mod renew;
 pub mod session;
 pub mod standby;
 
@@ -54,6 +60,10 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
-    session::run(Arc::new(config), local, status, shutdown).await;
+    if config.grpc.protocol == "legacy" {
+        legacy::run(Arc::new(config), local, status, shutdown).await;
+    } else {
+        session::run(Arc::new(config), local, status, shutdown).await;
+    }
     Ok(())
 }

@@ -32,12 +32,15 @@ struct Cli {
 enum Command {
     /// Run the agent (the default).
     Run,
+    /// Obtain this device's certificate with a provision key.
+    Provision(silo_agent::provision::ProvisionArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run_agent(cli.config, cli.check_config),
+        Command::Provision(args) => provision(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -78,6 +81,33 @@ fn run_agent(config_file: Option<PathBuf>, check_only: bool) -> anyhow::Result<(
         silo_agent::run(config, health, Default::default(), shutdown).await?;
         Ok(())
     })
+}
+
+/// `provision`: prints the configuration (or where it was written) on
+/// stdout and a summary on stderr.
+fn provision(args: silo_agent::provision::ProvisionArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let wrote_config = args.write_config.clone();
+    let done = runtime.block_on(silo_agent::provision::run(args))?;
+    eprintln!(
+        "provisioned agent {}: certificate valid until {}
+  key:  {}
+  cert: {}
+  ca:   {}",
+        done.agent_id,
+        done.not_after,
+        done.files.key_file.display(),
+        done.files.cert_file.display(),
+        done.files.ca_file.display(),
+    );
+    match wrote_config {
+        Some(path) => eprintln!(
+            "configuration written to {0}; start the agent with: silo-proxy-agent --config {0}",
+            path.display()
+        ),
+        None => print!("{}", done.config_yaml),
+    }
+    Ok(())
 }
 
 async fn signal_shutdown(token: CancellationToken) {

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::{info, warn};
 
 /// A session that lasted this long counts as healthy: the next reconnect
@@ -77,12 +77,18 @@ pub async fn run(
     }
 }
 
-async fn connect(config: &AgentConfig) -> Result<Channel, SessionError> {
+/// Dials the server (also used by the legacy client mode).
+pub(crate) async fn connect(config: &AgentConfig) -> Result<Channel, SessionError> {
     let uri = config.server_uri().map_err(|e| SessionError::Connect {
         addr: config.grpc.server_address.clone(),
         reason: e.to_string(),
     })?;
-    let endpoint = Endpoint::from(uri)
+    let tls = if config.grpc.tls.enabled {
+        Some(client_tls(config, &uri)?)
+    } else {
+        None
+    };
+    let mut endpoint = Endpoint::from(uri)
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
@@ -90,10 +96,40 @@ async fn connect(config: &AgentConfig) -> Result<Channel, SessionError> {
         .keep_alive_while_idle(true)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(|e| SessionError::Connect {
+            addr: config.grpc.server_address.clone(),
+            reason: crate::local::error_chain(&e),
+        })?;
+    }
     endpoint.connect().await.map_err(|e| SessionError::Connect {
         addr: config.grpc.server_address.clone(),
         reason: crate::local::error_chain(&e),
     })
+}
+
+/// The agent's certificate, key and CA, read at every connect so a renewed
+/// certificate is picked up by the next connection.
+fn client_tls(config: &AgentConfig, uri: &http::Uri) -> Result<ClientTlsConfig, SessionError> {
+    let tls = &config.grpc.tls;
+    let read = |key: &str, path: &str| {
+        std::fs::read(path).map_err(|e| SessionError::Connect {
+            addr: config.grpc.server_address.clone(),
+            reason: format!("cannot read {key} {path}: {e}"),
+        })
+    };
+    let cert = read("grpc.tls.cert_file", &tls.cert_file)?;
+    let key = read("grpc.tls.key_file", &tls.key_file)?;
+    let ca = read("grpc.tls.ca_file", &tls.ca_file)?;
+    let domain = if tls.server_name_override.is_empty() {
+        uri.host().unwrap_or("localhost").trim_matches(['[', ']']).to_owned()
+    } else {
+        tls.server_name_override.clone()
+    };
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key))
+        .domain_name(domain))
 }
 
 fn hello(config: &AgentConfig) -> AgentMessage {
@@ -136,6 +172,7 @@ async fn run_session(
         _ => return Err(SessionError::Lost("no welcome from the server".into())),
     };
     let limits = welcome.limits.unwrap_or_default();
+    let renew_client = client.clone();
     let pool = StandbyPool::new(
         client,
         &welcome.session_id,
@@ -146,6 +183,11 @@ async fn run_session(
     .map_err(SessionError::Lost)?;
     let _stop_standbys = StopOnDrop(pool.clone());
     pool.fill();
+    let session_stop = CancellationToken::new();
+    let _stop_session_tasks = session_stop.clone().drop_guard();
+    if config.grpc.tls.enabled && config.renew.enabled {
+        tokio::spawn(crate::renew::run(config.clone(), renew_client, session_stop.clone()));
+    }
     status.connected.store(true, Ordering::Relaxed);
     status
         .assigned_port

@@ -8,10 +8,12 @@
 //! # Layout
 //! - [`v1`]: generated native messages, client and server.
 //! - [`legacy`]: generated legacy messages, client and server.
+//! - [`legacy_meta`]: legacy metadata keys and `header_<Name>` mapping.
 //! - [`headers`]: HTTP header <-> wire conversion and hop-by-hop filtering.
 //! - [`limits`]: frame sizes, windows and timeouts shared by both ends.
 
 pub mod headers;
+pub mod legacy_meta;
 pub mod limits;
 
 /// Native protocol, version 1.

@@ -42,6 +42,7 @@ pub enum CloseReason {
     Shutdown,
     Stale,
     Forgotten,
+    Revoked,
 }
 
 impl CloseReason {
@@ -51,6 +52,7 @@ impl CloseReason {
             Self::Shutdown => "server shutting down",
             Self::Stale => "no heartbeat within grpc.stale_after_seconds",
             Self::Forgotten => "agent removed by an administrator",
+            Self::Revoked => "agent certificate revoked",
         }
     }
 }

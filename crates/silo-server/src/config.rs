@@ -256,9 +256,7 @@ pub struct GrpcTlsConfig {
 impl Default for GrpcTlsConfig {
     fn default() -> Self {
         Self {
-            // TLS arrives with the PKI work; until then the tunnel runs in
-            // the loudly logged development mode.
-            enabled: false,
+            enabled: true,
             cert_file: String::new(),
             key_file: String::new(),
             ca_file: String::new(),
@@ -407,13 +405,7 @@ impl ServerConfig {
                 "one of ecdsa-p256, rsa-2048, rsa-4096",
             ));
         }
-        if tls.enabled {
-            return Err(ConfigError::invalid(
-                "grpc.tls.enabled",
-                true,
-                "false in this build (mutual TLS is not available yet)",
-            ));
-        }
+
         if self.provision.enabled == Some(true) && !tls.enabled {
             return Err(ConfigError::invalid(
                 "provision.enabled",
@@ -421,11 +413,19 @@ impl ServerConfig {
                 "false while grpc.tls.enabled is false",
             ));
         }
-        if self.http.tls.enabled == Some(true) {
+        let http_tls = &self.http.tls;
+        if http_tls.cert_file.is_empty() != http_tls.key_file.is_empty() {
             return Err(ConfigError::invalid(
-                "http.tls.enabled",
-                true,
-                "false in this build (HTTPS is not available yet)",
+                "http.tls.key_file",
+                &http_tls.key_file,
+                "set together with http.tls.cert_file",
+            ));
+        }
+        if http_tls.enabled == Some(true) && !tls.enabled && http_tls.cert_file.is_empty() {
+            return Err(ConfigError::invalid(
+                "http.tls.cert_file",
+                "\"\"",
+                "a certificate file when http.tls.enabled is true and grpc.tls.enabled is false",
             ));
         }
         if self.proxy.tls.cert_file.is_empty() != self.proxy.tls.key_file.is_empty() {
@@ -433,13 +433,6 @@ impl ServerConfig {
                 "proxy.tls.key_file",
                 &self.proxy.tls.key_file,
                 "set together with proxy.tls.cert_file",
-            ));
-        }
-        if !self.proxy.tls.cert_file.is_empty() {
-            return Err(ConfigError::invalid(
-                "proxy.tls.cert_file",
-                &self.proxy.tls.cert_file,
-                "empty in this build (HTTPS on the proxy listener is not available yet)",
             ));
         }
         positive("provision.key_ttl_hours", self.provision.key_ttl_hours)?;
@@ -458,19 +451,12 @@ impl ServerConfig {
         if let Some(days) = self.provision.cert_validity_days {
             positive("provision.cert_validity_days", days)?;
         }
-        for cidr in &self.http.trusted_proxies {
-            if cidr
-                .split('/')
-                .next()
-                .and_then(|a| a.parse::<IpAddr>().ok())
-                .is_none()
-            {
-                return Err(ConfigError::invalid(
-                    "http.trusted_proxies",
-                    cidr,
-                    "a list of IP addresses or CIDRs such as 10.0.0.0/8",
-                ));
-            }
+        if let Err(cidr) = crate::client_addr::TrustedProxies::parse(&self.http.trusted_proxies) {
+            return Err(ConfigError::invalid(
+                "http.trusted_proxies",
+                cidr,
+                "a list of IP addresses or CIDRs such as 10.0.0.0/8",
+            ));
         }
         Ok(())
     }

@@ -6,19 +6,35 @@
 //! - [`run`] / [`Listeners`]: the entry point; takes bound listeners and a
 //!   shutdown token, so tests run servers on ephemeral ports in parallel.
 //! - [`tunnel`]: the native gRPC tunnel service.
+//! - [`legacy`]: the Go implementation's `proxy.ProxyService`, same registry.
 //! - [`registry`], [`ports`]: connected agents and their dedicated ports.
 //! - [`agent`]: the protocol-independent view of a connected agent.
 //! - [`http`]: HTTP accept loop and proxy routing; [`api`]: the admin API.
+//! - [`store_setup`]: the store, JWT secret, first `root` account and
+//!   remembered sticky ports, prepared before anything serves.
+//! - [`accounts`]: Argon2id hashing and HS256 tokens; [`known_agents`]:
+//!   agents in the store (case conflicts, ports, last seen, forgetting).
+//! - [`client_addr`], [`ratelimit`]: client address behind trusted proxies
+//!   and per-address failure limits (login, provisioning).
 
+pub mod accounts;
+pub mod admin_cli;
 pub mod agent;
 pub mod api;
+pub mod client_addr;
 pub mod config;
 pub mod http;
 pub mod inflight;
+pub mod known_agents;
+pub mod legacy;
 pub mod ports;
+pub mod provision;
+pub mod ratelimit;
 pub mod registry;
 pub mod secrets;
 pub mod state;
+pub mod store_setup;
+pub mod tls;
 pub mod tunnel;
 
 use config::ServerConfig;
@@ -88,6 +104,13 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// Opening the store failed; names the URL with its password masked.
+    #[error(transparent)]
+    Store(#[from] silo_store::StoreError),
+    #[error("cannot prepare accounts")]
+    Accounts(#[source] accounts::BoxError),
     #[error("gRPC server failed: {0}")]
     Grpc(#[source] tonic::transport::Error),
 }
@@ -128,8 +151,40 @@ pub async fn run(
         );
     }
     let admin_key = admin_api_key(&config)?;
-    let state = Arc::new(ServerState::new(config, shutdown.clone(), admin_key));
+    let persistence = store_setup::prepare(&config).await?;
+    let tls = if config.grpc.tls.enabled {
+        Some(tls::init(&config, Arc::default())?)
+    } else {
+        None
+    };
+    let proxy_tls = tls::proxy_config(&config)?;
+    let standalone_api_tls = tls::standalone_api_config(&config)?;
+    let mut state = ServerState::new(config, shutdown.clone(), admin_key, persistence);
+    if let Some(tls) = tls {
+        state = state.with_tls(tls);
+    }
+    let state = Arc::new(state);
+    // Handshakes check revocations in memory; start from what the store holds.
+    state.refresh_revocations().await?;
+    provision::cleanup::spawn(
+        state.store.clone(),
+        Duration::from_secs(state.config.provision.cleanup_interval_minutes * 60),
+        provision::Settings::from_config(&state.config).history,
+        shutdown.clone(),
+    );
     let opts = state.http_options.clone();
+    let api_opts = http::serve::HttpOptions {
+        tls: state
+            .tls
+            .as_ref()
+            .and_then(|t| t.api.clone())
+            .or(standalone_api_tls),
+        ..opts.clone()
+    };
+    let proxy_opts = http::serve::HttpOptions {
+        tls: proxy_tls,
+        ..opts.clone()
+    };
     info!(
         api = ?listeners.api.local_addr().ok(),
         proxy = ?listeners.proxy.as_ref().and_then(|l| l.local_addr().ok()),
@@ -149,7 +204,7 @@ pub async fn run(
                 router.clone().oneshot(req)
             })
         },
-        opts.clone(),
+        api_opts,
         shutdown.clone(),
     ));
     if let Some(proxy) = listeners.proxy {
@@ -162,7 +217,7 @@ pub async fn run(
                     http::proxy::handle(state.clone(), http::proxy::Route::Public, peer, req)
                 })
             },
-            opts.clone(),
+            proxy_opts,
             shutdown.clone(),
         ));
     }
@@ -173,20 +228,35 @@ pub async fn run(
         silo_proto::v1::tunnel_server::TunnelServer::new(tunnel::TunnelService::new(state.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let incoming = TcpListenerStream::new(listeners.grpc).map(|conn| {
-        conn.inspect(|s| {
-            let _ = s.set_nodelay(true);
-        })
-    });
-    let grpc = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .max_concurrent_streams(MAX_CONCURRENT_EXCHANGES + 64)
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive.min(Duration::from_secs(20))))
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming, grpc_stop.clone().cancelled_owned());
-    let mut grpc_task = tokio::spawn(grpc);
+        .add_service(legacy::LegacyService::server(state.clone()));
+    let stopped = grpc_stop.clone().cancelled_owned();
+    let mut grpc_task = match &state.tls {
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.grpc.clone());
+            let incoming = tls::conn::tls_incoming(
+                listeners.grpc,
+                acceptor,
+                tls.conns.clone(),
+                grpc_stop.clone(),
+            );
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+        None => {
+            let incoming = TcpListenerStream::new(listeners.grpc).map(|conn| {
+                conn.inspect(|s| {
+                    let _ = s.set_nodelay(true);
+                })
+            });
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+    };
 
     tokio::select! {
         _ = shutdown.cancelled() => {}

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use silo_core::config::{ConfigSource, load};
+use silo_server::admin_cli;
 use silo_server::config::{SECRET_KEYS, ServerConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,18 +32,28 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Run,
+    /// Manage provision keys on a running server.
+    Keys(admin_cli::KeysArgs),
+    /// List agents of a running server.
+    Agents(admin_cli::AgentsArgs),
+    /// List or revoke agent certificates on a running server.
+    Certs(admin_cli::CertsArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Run => match run_server(cli.config, cli.check_config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("silo-proxy-server: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run_server(cli.config, cli.check_config),
+        Command::Keys(a) => run_admin(cli.config, admin_cli::AdminCommand::Keys(a)),
+        Command::Agents(a) => run_admin(cli.config, admin_cli::AdminCommand::Agents(a)),
+        Command::Certs(a) => run_admin(cli.config, admin_cli::AdminCommand::Certs(a)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("silo-proxy-server: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -65,6 +76,16 @@ fn run_server(config_file: Option<PathBuf>, check_only: bool) -> anyhow::Result<
         silo_server::run(config, listeners, shutdown).await?;
         Ok(())
     })
+}
+
+/// An admin command against a running server (no logging setup: its
+/// output is the answer, errors are one line).
+fn run_admin(config_file: Option<PathBuf>, command: admin_cli::AdminCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(admin_cli::run(config_file, command))
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.

@@ -175,6 +175,32 @@ impl Registry {
         }
     }
 
+    /// Forgets an agent: drops its remembered port and ends its session if
+    /// it is connected (its port is freed when the session ends). Returns
+    /// whether it was connected.
+    pub async fn forget(&self, agent_id: &str) -> bool {
+        let key = silo_core::id::normalize_agent_id(agent_id);
+        // Serialised with attach so a connection being registered right now
+        // cannot bring the remembered port back after it was dropped.
+        let _serial = self.attach_lock.lock().await;
+        if let Some(pool) = &self.ports {
+            pool.lock().expect("port pool lock").forget(&key);
+        }
+        let current = self
+            .agents
+            .read()
+            .expect("registry lock")
+            .get(&key)
+            .cloned();
+        match current {
+            Some(r) => {
+                r.conn.close(CloseReason::Forgotten);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Closes every session (server shutdown).
     pub fn close_all(&self, reason: CloseReason) {
         for r in self.list() {

@@ -9,6 +9,8 @@
 //! - `GET /bytes?n=N` → N bytes streamed (`i % 251` pattern)
 //! - `GET /hang` → never answers; counts requests abandoned by the caller
 //! - `GET /sse` → five server-sent events, 20 ms apart
+//! - `GET /drip?n=N&ms=M[&hang=1]` → N lines `tick i` M ms apart; with
+//!   `hang` the body then never ends (counted in `abandoned` when dropped)
 //! - `GET /ws` → WebSocket echo
 //! - `GET /status/N` → status N
 
@@ -33,11 +35,16 @@ type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 /// What the backend observed, for assertions.
 #[derive(Debug, Default)]
 pub struct Observed {
-    /// `/hang` requests whose caller went away.
+    /// `/hang` requests (and hanging `/drip` bodies) whose caller went away.
     pub abandoned: AtomicUsize,
     /// Bytes produced so far by `/bytes` responses.
     pub produced: AtomicU64,
     pub requests: AtomicUsize,
+    /// `/bytes` responses dropped before their last byte (the caller, or
+    /// the agent on its behalf, went away).
+    pub bytes_abandoned: AtomicUsize,
+    /// Request body bytes `POST /count` has read so far.
+    pub consumed: AtomicU64,
 }
 
 pub struct Backend {
@@ -152,6 +159,7 @@ async fn route(
                 let Ok(f) = f else { break };
                 if let Ok(d) = f.into_data() {
                     n += d.len() as u64;
+                    obs.consumed.fetch_add(d.len() as u64, Ordering::SeqCst);
                     sum = d.iter().fold(sum, |s, b| s.wrapping_add(u64::from(*b)));
                 }
             }
@@ -186,6 +194,36 @@ async fn route(
                 .body(StreamBody::new(events).boxed_unsync())
                 .unwrap()
         }
+        ("GET", "/drip") => {
+            let q = |key: &str| -> Option<u64> {
+                req.uri().query()?.split('&').find_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    (k == key).then(|| v.parse().ok())?
+                })
+            };
+            let (n, gap) = (q("n").unwrap_or(1), q("ms").unwrap_or(0));
+            let hang = q("hang").is_some_and(|h| h != 0);
+            let obs = obs.clone();
+            let ticks = futures_util::stream::iter(0..n).then(move |i| async move {
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(gap)).await;
+                }
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from(
+                    format!("tick {i}\n"),
+                )))
+            });
+            let tail = futures_util::stream::iter(hang.then_some(())).then(move |()| {
+                let guard = AbandonGuard(obs.clone());
+                async move {
+                    let _guard = guard;
+                    std::future::pending::<Result<Frame<Bytes>, _>>().await
+                }
+            });
+            reply(
+                StatusCode::OK,
+                StreamBody::new(ticks.chain(tail)).boxed_unsync(),
+            )
+        }
         ("GET", "/ws") => {
             let key = req.headers().get("sec-websocket-key").cloned();
             let Some(key) = key else {
@@ -206,8 +244,10 @@ async fn route(
                 )
                 .await;
                 while let Some(Ok(msg)) = ws.next().await {
+                    // Keep reading after a Close: the next read sends the
+                    // close reply and then ends the stream.
                     if msg.is_close() {
-                        break;
+                        continue;
                     }
                     if ws.send(msg).await.is_err() {
                         break;
@@ -236,13 +276,32 @@ async fn route(
     Ok(resp)
 }
 
+/// Counts a `/bytes` body dropped before its end.
+struct BytesGuard {
+    obs: Arc<Observed>,
+    done: bool,
+}
+
+impl Drop for BytesGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.obs.bytes_abandoned.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// `n` bytes of `i % 251`, produced lazily in 64 KiB chunks.
 fn pattern_body(n: u64, obs: Arc<Observed>) -> Body {
     const CHUNK: u64 = 64 * 1024;
+    let guard = Arc::new(std::sync::Mutex::new(BytesGuard {
+        obs: obs.clone(),
+        done: false,
+    }));
     let chunks = futures_util::stream::unfold(0u64, move |offset| {
-        let obs = obs.clone();
+        let (obs, guard) = (obs.clone(), guard.clone());
         async move {
             if offset >= n {
+                guard.lock().unwrap().done = true;
                 return None;
             }
             let len = CHUNK.min(n - offset);

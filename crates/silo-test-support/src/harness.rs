@@ -61,6 +61,8 @@ impl TestServer {
             ..Default::default()
         };
         config.http.admin_api_key = Secret(ADMIN_KEY.into());
+        // Plain by default; TLS tests turn it on.
+        config.grpc.tls.enabled = false;
         config.http.agent_port_range = free_port_range(10);
         configure(&mut config);
         Self::start(config, data_dir, None).await
@@ -107,9 +109,31 @@ impl TestServer {
         }
     }
 
+    /// Whether the API listener speaks HTTPS (with the server's own CA).
+    pub fn api_is_https(&self) -> bool {
+        self.config
+            .http
+            .tls
+            .enabled
+            .unwrap_or(self.config.grpc.tls.enabled)
+    }
+
+    /// GET on the API listener, over HTTPS when the server uses TLS.
+    pub async fn api_get(&self, path: &str, headers: &[(&str, &str)]) -> crate::client::Reply {
+        if self.api_is_https() {
+            let ca = std::fs::read_to_string(
+                silo_pki::CaPaths::under_data_dir(&self.config.data_dir).ca_cert,
+            )
+            .expect("the server's CA certificate");
+            crate::tls::https_get_with(self.api, "localhost", &ca, path, headers).await
+        } else {
+            crate::client::get_with(self.api, path, headers).await
+        }
+    }
+
     /// `GET /agents` with the admin key.
     pub async fn agents(&self) -> serde_json::Value {
-        let r = crate::client::get_with(self.api, "/agents", &[("x-api-key", ADMIN_KEY)]).await;
+        let r = self.api_get("/agents", &[("x-api-key", ADMIN_KEY)]).await;
         assert_eq!(r.status, 200, "{}", r.text());
         r.json()
     }
@@ -161,6 +185,8 @@ impl TestAgent {
         config.grpc.agent_id = agent_id.into();
         config.local.service_url = service_url.into();
         config.shutdown_grace_seconds = 5;
+        // Plain by default; TLS tests provision certificates and turn it on.
+        config.grpc.tls.enabled = false;
         configure(&mut config);
         let status = Arc::new(AgentStatus::default());
         let shutdown = CancellationToken::new();

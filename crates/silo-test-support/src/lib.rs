@@ -5,10 +5,15 @@
 //! - [`backend`]: the local service the agents front.
 //! - [`harness`]: `TestServer`, `TestAgent`.
 //! - [`client`]: a small HTTP client for assertions.
+//! - [`accounts`]: JSON requests, logins, tokens, the root password.
+//! - [`pg`]: a throw-away PostgreSQL schema when `SILO_TEST_POSTGRES_URL` is set.
 
+pub mod accounts;
 pub mod backend;
 pub mod client;
 pub mod harness;
+pub mod pg;
+pub mod tls;
 
 pub use backend::Backend;
 pub use harness::{TestAgent, TestServer, free_port_range};

@@ -7,7 +7,10 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +21,12 @@ pub struct HttpOptions {
     pub header_read_timeout: Duration,
     /// How long open connections may finish their requests once stopped.
     pub grace: Duration,
+    /// Serve HTTPS with this configuration.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
+
+/// A TLS handshake that has not finished by then is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `listener` until `stop` fires, then lets open connections finish
 /// their exchanges for up to `opts.grace`.
@@ -58,16 +66,76 @@ pub async fn serve<F, S, B>(
             },
         };
         let _ = stream.set_nodelay(true);
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), make_service(peer))
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%peer, "connection ended: {e}");
+        // hyper applies the header read timeout to HTTP/1 requests once it
+        // knows the protocol, but not while it waits for the bytes that tell
+        // HTTP/1 from HTTP/2: a client that connects and sends nothing (or
+        // half a preface) would hold its socket forever. So the first
+        // request must also start within the timeout.
+        let first_request = Arc::new(AtomicBool::new(false));
+        let service = {
+            let (inner, seen) = (make_service(peer), first_request.clone());
+            hyper::service::service_fn(move |req| {
+                seen.store(true, Ordering::Relaxed);
+                inner.call(req)
+            })
+        };
+        let header_timeout = opts.header_read_timeout;
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        match &opts.tls {
+            None => {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let conn = watcher.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = first_request_within(conn, header_timeout, &first_request).await
+                    {
+                        debug!(%peer, "connection ended: {e}");
+                    }
+                });
             }
-        });
+            Some(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+                // The handshake runs in the connection's task so a slow
+                // client cannot stall the accept loop.
+                tokio::spawn(async move {
+                    let stream =
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => return debug!(%peer, "TLS handshake failed: {e}"),
+                            Err(_) => return debug!(%peer, "TLS handshake timed out"),
+                        };
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let conn = watcher.watch(conn.into_owned());
+                    if let Err(e) = first_request_within(conn, header_timeout, &first_request).await
+                    {
+                        debug!(%peer, "connection ended: {e}");
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     let _ = tokio::time::timeout(opts.grace, graceful.shutdown()).await;
+}
+
+/// Runs a connection, closing it when no request has started within
+/// `limit` of its start.
+async fn first_request_within<C, E>(conn: C, limit: Duration, seen: &AtomicBool) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        ended = &mut conn => return ended,
+        () = tokio::time::sleep(limit) => {}
+    }
+    if seen.load(Ordering::Relaxed) {
+        conn.await
+    } else {
+        debug!("no request within http.header_read_timeout_seconds; closing");
+        Ok(())
+    }
 }

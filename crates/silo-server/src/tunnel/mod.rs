@@ -5,20 +5,23 @@
 //!   eviction and session teardown; standby stream registration.
 //! - [`session`]: per-session state and the standby pool.
 //! - [`exchange`]: forwarding one HTTP exchange over a standby stream.
+//! - [`renew`]: certificate renewal authorised by the connection.
 
 mod exchange;
+mod renew;
 pub mod session;
 
 use crate::agent::{AgentConnection, AgentInfo, CloseReason, Protocol};
 use crate::state::ServerState;
+use crate::tls::identity;
 use session::{NativeSession, Standby};
 use silo_proto::limits::{
     FRAME_QUEUE, HELLO_TIMEOUT, MAX_CHUNK_BYTES, MAX_CONCURRENT_EXCHANGES, MIN_STANDBY_STREAMS,
 };
 use silo_proto::v1::tunnel_server::Tunnel;
 use silo_proto::v1::{
-    AgentFrame, AgentMessage, GoAway, Heartbeat, Hello, Limits, ServerFrame, ServerMessage,
-    Welcome, agent_message, server_message,
+    AgentFrame, AgentMessage, GoAway, Heartbeat, Hello, Limits, RenewRequest, RenewResponse,
+    ServerFrame, ServerMessage, Welcome, agent_message, server_message,
 };
 use silo_proto::{PROTOCOL_VERSION, SESSION_ID_METADATA};
 use std::collections::HashMap;
@@ -41,6 +44,13 @@ impl TunnelService {
             state,
             sessions: Arc::default(),
         }
+    }
+
+    /// Only `client_auth: require` proves who an agent is; the other modes
+    /// accept an agent without a certificate on its claim.
+    fn certificate_required(&self) -> bool {
+        let tls = &self.state.config.grpc.tls;
+        tls.enabled && tls.client_auth == "require"
     }
 
     fn limits(&self) -> Limits {
@@ -84,6 +94,7 @@ impl Tunnel for TunnelService {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let remote_addr = request.remote_addr();
+        let peer = identity::peer_identity(&request)?;
         let mut inbound = request.into_inner();
         let hello = read_hello(&mut inbound).await?;
         if hello.protocol_version != PROTOCOL_VERSION {
@@ -94,30 +105,44 @@ impl Tunnel for TunnelService {
         }
         silo_core::id::validate_agent_id(&hello.agent_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let agent_id = match identity::resolve_agent_id(
+            &hello.agent_id,
+            peer.as_ref(),
+            self.certificate_required(),
+        ) {
+            Ok(id) => id,
+            Err(status) => {
+                self.state
+                    .audit_rejection(&hello.agent_id, peer.as_ref(), remote_addr, &status)
+                    .await;
+                return Err(status);
+            }
+        };
         if self.state.shutdown.is_cancelled() {
             return Err(Status::unavailable("server shutting down"));
         }
         let info = AgentInfo {
-            agent_id: hello.agent_id.clone(),
+            agent_id: agent_id.clone(),
             session_id: uuid::Uuid::new_v4().to_string(),
             protocol: Protocol::Native,
             connected_since: OffsetDateTime::now_utc(),
             remote_addr,
             agent_version: hello.agent_version.clone(),
-            cert_serial: None,
-            cert_not_after: None,
+            cert_serial: peer.as_ref().map(|p| p.serial_hex.clone()),
+            cert_not_after: peer.as_ref().map(|p| p.not_after),
         };
         let session = Arc::new(NativeSession::new(
             info,
             self.state.exchange_settings.clone(),
             self.state.in_flight.clone(),
         ));
-        let span = info_span!("session", agent_id = %hello.agent_id, session = %&session.info.session_id[..8]);
+        let span =
+            info_span!("session", agent_id = %agent_id, session = %&session.info.session_id[..8]);
         let attached = match self.state.attach(session.clone()).await {
             Ok(a) => a,
             Err(e) => {
                 warn!(parent: &span, remote = ?remote_addr, "agent refused: {e}");
-                return Err(Status::resource_exhausted(e.to_string()));
+                return Err(e.to_status());
             }
         };
         self.sessions
@@ -150,10 +175,8 @@ impl Tunnel for TunnelService {
                     .write()
                     .expect("sessions lock")
                     .remove(&session.info.session_id);
-                state
-                    .registry
-                    .detach(&session.info.agent_id, &session.info.session_id)
-                    .await;
+                // Also records last_seen in the store.
+                state.detach(&session.info).await;
                 info!(
                     reason = reason.map_or("agent disconnected", |r| r.as_str()),
                     "session ended"
@@ -162,6 +185,13 @@ impl Tunnel for TunnelService {
             .instrument(span),
         );
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<RenewRequest>,
+    ) -> Result<Response<RenewResponse>, Status> {
+        renew::renew(&self.state, request).await
     }
 
     async fn exchange(
@@ -180,6 +210,15 @@ impl Tunnel for TunnelService {
             .get(session_id)
             .cloned()
             .ok_or_else(|| Status::unauthenticated("unknown or closed session"))?;
+        // A session id is a bearer token only without TLS; with it, the
+        // stream must come from the same agent's certificate.
+        if let Some(peer) = identity::peer_identity(&request)?
+            && !peer.agent_id.eq_ignore_ascii_case(&session.info.agent_id)
+        {
+            return Err(Status::permission_denied(
+                "the session belongs to another agent",
+            ));
+        }
         let (tx, rx) = mpsc::channel(FRAME_QUEUE);
         tracing::debug!(agent_id = %session.info.agent_id, "standby stream registered");
         session.add_standby(Standby {
@@ -206,7 +245,7 @@ async fn run_session(
                 let go_away = GoAway {
                     reason: reason.as_str().to_owned(),
                     retry_after_ms: 1000,
-                    permanent: reason == CloseReason::Forgotten,
+                    permanent: matches!(reason, CloseReason::Forgotten | CloseReason::Revoked),
                 };
                 let _ = tx.send(msg(server_message::Msg::GoAway(go_away))).await;
                 return;
