@@ -31,6 +31,32 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+/// `GET /metrics`: open, admin-only (`metrics.require_admin`) or absent
+/// (`metrics.enabled: false`).
+fn metrics_route(state: Arc<ServerState>) -> Router<Arc<ServerState>> {
+    let cfg = &state.config.metrics;
+    if !cfg.enabled {
+        return Router::new();
+    }
+    let route = Router::new().route(
+        "/metrics",
+        get(|State(state): State<Arc<ServerState>>| async move {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4",
+                )],
+                crate::metrics::render(&state),
+            )
+        }),
+    );
+    if cfg.require_admin {
+        route.route_layer(middleware::from_fn_with_state(state, auth::require_admin))
+    } else {
+        route
+    }
+}
+
 pub fn router(state: Arc<ServerState>) -> Router {
     let admin = Router::new()
         .route("/agents", get(agents::list))
@@ -46,6 +72,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .merge(metrics_route(state.clone()))
         .route("/auth/register", post(accounts::register))
         .route("/auth/login", post(accounts::login))
         .route("/users/me", get(users::me).delete(users::delete_me))

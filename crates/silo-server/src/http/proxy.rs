@@ -10,6 +10,7 @@ use crate::agent::{ProxyBody, ProxyError, ProxyRequest};
 use crate::state::ServerState;
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -101,19 +102,71 @@ pub async fn handle(
     if let Some(uri) = new_uri {
         parts.uri = uri;
     }
+    let https = matches!(route, Route::Public) && !state.config.proxy.tls.cert_file.is_empty();
     let request = ProxyRequest {
         parts,
         body,
         client_addr,
-        scheme: "http",
+        scheme: if https { "https" } else { "http" },
         host,
         on_upgrade,
     };
-    Ok(registered
+    let started = std::time::Instant::now();
+    let agent = registered.conn.info().agent_id.clone();
+    let resp = registered
         .conn
         .forward(request)
         .await
-        .unwrap_or_else(ProxyError::into_response))
+        .unwrap_or_else(ProxyError::into_response);
+    crate::metrics::exchange_answered(&agent, resp.status().as_u16(), started.elapsed());
+    Ok(resp.map(|body| {
+        CountingBody {
+            inner: body,
+            agent,
+            bytes: 0,
+        }
+        .boxed_unsync()
+    }))
+}
+
+/// Counts the response bytes of one exchange and records them once, when
+/// the body is done or dropped.
+struct CountingBody {
+    inner: ProxyBody,
+    agent: String,
+    bytes: u64,
+}
+
+impl http_body::Body for CountingBody {
+    type Data = bytes::Bytes;
+    type Error = crate::agent::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.bytes += data.len() as u64;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for CountingBody {
+    fn drop(&mut self) {
+        crate::metrics::exchange_bytes(&self.agent, "out", self.bytes);
+    }
 }
 
 #[cfg(test)]

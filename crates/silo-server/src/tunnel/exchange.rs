@@ -130,6 +130,7 @@ pub(crate) async fn forward(
             tx.clone(),
             settings.idle_timeout,
             max_body,
+            agent.clone(),
         ));
     }
 
@@ -204,8 +205,36 @@ pub(crate) async fn forward(
 }
 
 /// Streams the user's request body to the agent, in bounded chunks.
-async fn pump_request_body(mut body: hyper::body::Incoming, tx: FrameTx, idle: Duration, max: u64) {
-    let mut sent: u64 = 0;
+async fn pump_request_body(
+    mut body: hyper::body::Incoming,
+    tx: FrameTx,
+    idle: Duration,
+    max: u64,
+    agent: String,
+) {
+    let mut sent = SentBytes { agent, bytes: 0 };
+    pump_body_frames(&mut body, &tx, idle, max, &mut sent.bytes).await;
+}
+
+/// Records the request bytes of one exchange however the pump ends.
+struct SentBytes {
+    agent: String,
+    bytes: u64,
+}
+
+impl Drop for SentBytes {
+    fn drop(&mut self) {
+        crate::metrics::exchange_bytes(&self.agent, "in", self.bytes);
+    }
+}
+
+async fn pump_body_frames(
+    body: &mut hyper::body::Incoming,
+    tx: &FrameTx,
+    idle: Duration,
+    max: u64,
+    sent: &mut u64,
+) {
     loop {
         let next = tokio::select! {
             r = tokio::time::timeout(idle, body.frame()) => r,
@@ -216,8 +245,8 @@ async fn pump_request_body(mut body: hyper::body::Incoming, tx: FrameTx, idle: D
                 let Ok(mut data) = f.into_data() else {
                     continue;
                 };
-                sent += data.len() as u64;
-                if max > 0 && sent > max {
+                *sent += data.len() as u64;
+                if max > 0 && *sent > max {
                     format!("request body larger than {max} bytes")
                 } else {
                     while !data.is_empty() {
