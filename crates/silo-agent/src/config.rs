@@ -145,10 +145,18 @@ impl AgentConfig {
                 ("grpc.tls.ca_file", &tls.ca_file),
             ] {
                 if path.is_empty() {
-                    return Err(ConfigError::invalid(key, "\"\"", "a file path (required with grpc.tls.enabled)"));
+                    return Err(ConfigError::invalid(
+                        key,
+                        "\"\"",
+                        "a file path (required with grpc.tls.enabled)",
+                    ));
                 }
                 if let Err(e) = std::fs::metadata(path) {
-                    return Err(ConfigError::invalid(key, path, format!("a readable file ({e})")));
+                    return Err(ConfigError::invalid(
+                        key,
+                        path,
+                        format!("a readable file ({e})"),
+                    ));
                 }
             }
         }
@@ -237,7 +245,10 @@ mod tests {
         c.grpc.tls.key_file = "/nonexistent/agent-key.pem".into();
         c.grpc.tls.ca_file = "/nonexistent/ca.pem".into();
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("grpc.tls.cert_file") && e.contains("/nonexistent/agent-cert.pem"), "{e}");
+        assert!(
+            e.contains("grpc.tls.cert_file") && e.contains("/nonexistent/agent-cert.pem"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -33,14 +33,14 @@ enum Command {
     /// Run the agent (the default).
     Run,
     /// Obtain this device's certificate with a provision key.
-    Provision(silo_agent::provision::ProvisionArgs),
+    Provision(Box<silo_agent::provision::ProvisionArgs>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run_agent(cli.config, cli.check_config),
-        Command::Provision(args) => provision(args),
+        Command::Provision(args) => provision(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

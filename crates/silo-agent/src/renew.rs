@@ -49,21 +49,33 @@ pub async fn run(config: AgentConfig, mut client: TunnelClient<Channel>, stop: C
 
 /// Time until 2/3 of the current certificate's lifetime, ± 1/30 of it.
 fn due_in(config: &AgentConfig) -> Result<Duration, String> {
-    let pem = std::fs::read(&config.grpc.tls.cert_file).map_err(|e| format!("cannot read {}: {e}", config.grpc.tls.cert_file))?;
+    let pem = std::fs::read(&config.grpc.tls.cert_file)
+        .map_err(|e| format!("cannot read {}: {e}", config.grpc.tls.cert_file))?;
     let info = silo_pki::parse_cert_info(&pem).map_err(|e| e.to_string())?;
-    let due = renewal_time(info.not_before, info.not_after, rand::rng().random_range(-1.0..=1.0));
+    let due = renewal_time(
+        info.not_before,
+        info.not_after,
+        rand::rng().random_range(-1.0..=1.0),
+    );
     let wait = due - OffsetDateTime::now_utc();
     Ok(Duration::try_from(wait).unwrap_or(Duration::ZERO))
 }
 
 /// `not_before` + 2/3 of the lifetime, shifted by `jitter` (-1..=1) times a
 /// thirtieth of the lifetime.
-pub fn renewal_time(not_before: OffsetDateTime, not_after: OffsetDateTime, jitter: f64) -> OffsetDateTime {
+pub fn renewal_time(
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    jitter: f64,
+) -> OffsetDateTime {
     let lifetime = not_after - not_before;
     not_before + lifetime * (2.0 / 3.0) + lifetime * (jitter.clamp(-1.0, 1.0) / 30.0)
 }
 
-async fn renew_once(config: &AgentConfig, client: &mut TunnelClient<Channel>) -> Result<String, String> {
+async fn renew_once(
+    config: &AgentConfig,
+    client: &mut TunnelClient<Channel>,
+) -> Result<String, String> {
     let agent_id = &config.grpc.agent_id;
     let key = silo_pki::generate_key(silo_pki::KeyType::EcdsaP256).map_err(|e| e.to_string())?;
     let csr_pem = silo_pki::generate_csr(agent_id, &key).map_err(|e| e.to_string())?;
@@ -74,7 +86,8 @@ async fn renew_once(config: &AgentConfig, client: &mut TunnelClient<Channel>) ->
         .into_inner();
 
     // Trust nothing in the answer that the certificate itself does not say.
-    let ca = std::fs::read(&config.grpc.tls.ca_file).map_err(|e| format!("cannot read the CA file: {e}"))?;
+    let ca = std::fs::read(&config.grpc.tls.ca_file)
+        .map_err(|e| format!("cannot read the CA file: {e}"))?;
     let cert_der = pem_to_der(&resp.cert_pem)?;
     let ca_der = pem_to_der(&String::from_utf8_lossy(&ca))?;
     if !silo_pki::verify_issued_by(&cert_der, &ca_der) {
@@ -82,7 +95,11 @@ async fn renew_once(config: &AgentConfig, client: &mut TunnelClient<Channel>) ->
     }
     match silo_pki::agent_id_from_cert(&cert_der) {
         Some(id) if id.eq_ignore_ascii_case(agent_id) => {}
-        other => return Err(format!("the renewed certificate names {other:?}, not {agent_id:?}")),
+        other => {
+            return Err(format!(
+                "the renewed certificate names {other:?}, not {agent_id:?}"
+            ));
+        }
     }
     let ours = silo_pki::SubjectPublicKey::from_key_pair(&key).map_err(|e| e.to_string())?;
     let info = silo_pki::parse_cert_info(&cert_der).map_err(|e| e.to_string())?;
@@ -92,8 +109,11 @@ async fn renew_once(config: &AgentConfig, client: &mut TunnelClient<Channel>) ->
     // Key first: a crash between the two leaves a key without its
     // certificate for one restart at most, never a certificate whose key is
     // lost.
-    silo_pki::write_private_file(config.grpc.tls.key_file.as_ref(), key.serialize_pem().as_bytes())
-        .map_err(|e| e.to_string())?;
+    silo_pki::write_private_file(
+        config.grpc.tls.key_file.as_ref(),
+        key.serialize_pem().as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
     silo_pki::write_public_file(config.grpc.tls.cert_file.as_ref(), resp.cert_pem.as_bytes())
         .map_err(|e| e.to_string())?;
     Ok(info.serial_hex)

@@ -97,10 +97,12 @@ pub(crate) async fn connect(config: &AgentConfig) -> Result<Channel, SessionErro
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
     if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls).map_err(|e| SessionError::Connect {
-            addr: config.grpc.server_address.clone(),
-            reason: crate::local::error_chain(&e),
-        })?;
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| SessionError::Connect {
+                addr: config.grpc.server_address.clone(),
+                reason: crate::local::error_chain(&e),
+            })?;
     }
     endpoint.connect().await.map_err(|e| SessionError::Connect {
         addr: config.grpc.server_address.clone(),
@@ -122,7 +124,10 @@ fn client_tls(config: &AgentConfig, uri: &http::Uri) -> Result<ClientTlsConfig, 
     let key = read("grpc.tls.key_file", &tls.key_file)?;
     let ca = read("grpc.tls.ca_file", &tls.ca_file)?;
     let domain = if tls.server_name_override.is_empty() {
-        uri.host().unwrap_or("localhost").trim_matches(['[', ']']).to_owned()
+        uri.host()
+            .unwrap_or("localhost")
+            .trim_matches(['[', ']'])
+            .to_owned()
     } else {
         tls.server_name_override.clone()
     };
@@ -186,7 +191,11 @@ async fn run_session(
     let session_stop = CancellationToken::new();
     let _stop_session_tasks = session_stop.clone().drop_guard();
     if config.grpc.tls.enabled && config.renew.enabled {
-        tokio::spawn(crate::renew::run(config.clone(), renew_client, session_stop.clone()));
+        tokio::spawn(crate::renew::run(
+            config.clone(),
+            renew_client,
+            session_stop.clone(),
+        ));
     }
     status.connected.store(true, Ordering::Relaxed);
     status
@@ -209,6 +218,11 @@ async fn run_session(
             _ = shutdown.cancelled() => {
                 pool.stop();
                 pool.exchanges.close();
+                // Ending the control stream makes the server drop this
+                // session now, so new requests fail fast instead of waiting
+                // for standby streams that will not come; exchanges under
+                // way run on their own streams and finish.
+                drop(tx);
                 let grace = Duration::from_secs(config.shutdown_grace_seconds);
                 info!(in_flight = pool.in_flight(), "shutting down: draining exchanges for up to {grace:?}");
                 let _ = tokio::time::timeout(grace, pool.exchanges.wait()).await;

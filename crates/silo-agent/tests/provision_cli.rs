@@ -27,23 +27,47 @@ async fn setup() -> Setup {
         std::fs::read_to_string(&ca_file).ok()
     })
     .await;
-    let ca_sha256 = silo_pki::parse_cert_info(pem.as_bytes()).unwrap().sha256_hex;
-    let url = format!("https://localhost:{}", server.api.port());
-    let admin = ApiClient::new(&url, &Trust::pin(&ca_sha256).unwrap(), Duration::from_secs(10))
+    let ca_sha256 = silo_pki::parse_cert_info(pem.as_bytes())
         .unwrap()
-        .with_api_key(ADMIN_KEY);
-    Setup { server, admin, ca_file, ca_sha256, url }
+        .sha256_hex;
+    let url = format!("https://localhost:{}", server.api.port());
+    let admin = ApiClient::new(
+        &url,
+        &Trust::pin(&ca_sha256).unwrap(),
+        Duration::from_secs(10),
+    )
+    .unwrap()
+    .with_api_key(ADMIN_KEY);
+    Setup {
+        server,
+        admin,
+        ca_file,
+        ca_sha256,
+        url,
+    }
 }
 
 impl Setup {
     async fn key(&self, agent: &str) -> Value {
         let body = json!({ "agent_id": agent });
-        self.admin.call(Method::POST, "/api/v1/provision-keys", Some(&body)).await.unwrap()
+        self.admin
+            .call(Method::POST, "/api/v1/provision-keys", Some(&body))
+            .await
+            .unwrap()
     }
 
     async fn key_status(&self, id: &Value) -> String {
-        let all = self.admin.call(Method::GET, "/api/v1/provision-keys?all=true", None).await.unwrap();
-        let key = all["keys"].as_array().unwrap().iter().find(|k| &k["id"] == id).unwrap();
+        let all = self
+            .admin
+            .call(Method::GET, "/api/v1/provision-keys?all=true", None)
+            .await
+            .unwrap();
+        let key = all["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| &k["id"] == id)
+            .unwrap();
         key["status"].as_str().unwrap().to_owned()
     }
 
@@ -68,9 +92,17 @@ fn stderr(out: &Output) -> String {
 
 /// A failure is reported as one line on stderr.
 fn failed_with(out: &Output, needle: &str) {
-    assert!(!out.status.success(), "expected failure, got success: {}", stderr(out));
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {}",
+        stderr(out)
+    );
     let err = stderr(out);
-    assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err}"
+    );
     assert!(err.contains(needle), "{needle:?} not in {err}");
 }
 
@@ -82,7 +114,11 @@ fn mode(p: &Path) -> u32 {
 fn openssl(args: &[&str]) -> Option<String> {
     match std::process::Command::new("openssl").args(args).output() {
         Ok(o) => {
-            assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+            assert!(
+                o.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
             Some(String::from_utf8_lossy(&o.stdout).into_owned())
         }
         Err(_) => {
@@ -100,12 +136,22 @@ async fn a_wrong_pin_fails_before_the_key_is_sent() {
     let certs = dir.path().join("certs");
     let wrong = "ab".repeat(32);
     let out = agent(&[
-        "--server", &s.url, "--key", created["key"].as_str().unwrap(),
-        "--cert-dir", certs.to_str().unwrap(), "--ca-sha256", &wrong,
+        "--server",
+        &s.url,
+        "--key",
+        created["key"].as_str().unwrap(),
+        "--cert-dir",
+        certs.to_str().unwrap(),
+        "--ca-sha256",
+        &wrong,
     ])
     .await;
     failed_with(&out, "does not match --ca-sha256");
-    assert_eq!(s.key_status(&created["id"]).await, "active", "the key was never sent");
+    assert_eq!(
+        s.key_status(&created["id"]).await,
+        "active",
+        "the key was never sent"
+    );
     assert!(!certs.join("agents").exists());
 }
 
@@ -117,13 +163,26 @@ async fn the_right_pin_provisions_and_the_agent_runs_with_it() {
     let certs = dir.path().join("certs");
     let config = dir.path().join("agent.yaml");
     let out = agent(&[
-        "--server", &s.url, "--key", created["key"].as_str().unwrap(),
-        "--cert-dir", certs.to_str().unwrap(), "--ca-sha256", &s.ca_sha256.to_uppercase(),
-        "--write-config", config.to_str().unwrap(), "--grpc-address", &s.grpc_address(),
+        "--server",
+        &s.url,
+        "--key",
+        created["key"].as_str().unwrap(),
+        "--cert-dir",
+        certs.to_str().unwrap(),
+        "--ca-sha256",
+        &s.ca_sha256.to_uppercase(),
+        "--write-config",
+        config.to_str().unwrap(),
+        "--grpc-address",
+        &s.grpc_address(),
     ])
     .await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("provisioned agent cli-1"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("provisioned agent cli-1"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(s.key_status(&created["id"]).await, "used");
 
     let key = certs.join("agents/cli-1/cli-1-key.pem");
@@ -131,17 +190,40 @@ async fn the_right_pin_provisions_and_the_agent_runs_with_it() {
     let ca = certs.join("ca/ca-cert.pem");
     assert_eq!(mode(&key), 0o600);
     assert_eq!(mode(&certs.join("agents/cli-1")), 0o700);
-    assert_eq!(std::fs::read(&ca).unwrap(), std::fs::read(&s.ca_file).unwrap());
-    if let Some(v) = openssl(&["verify", "-CAfile", ca.to_str().unwrap(), cert.to_str().unwrap()]) {
+    assert_eq!(
+        std::fs::read(&ca).unwrap(),
+        std::fs::read(&s.ca_file).unwrap()
+    );
+    if let Some(v) = openssl(&[
+        "verify",
+        "-CAfile",
+        ca.to_str().unwrap(),
+        cert.to_str().unwrap(),
+    ]) {
         assert!(v.contains(": OK"), "{v}");
-        let text = openssl(&["x509", "-in", cert.to_str().unwrap(), "-noout", "-subject", "-ext", "subjectAltName"]).unwrap();
-        assert!(text.contains("CN=cli-1") || text.contains("CN = cli-1"), "{text}");
+        let text = openssl(&[
+            "x509",
+            "-in",
+            cert.to_str().unwrap(),
+            "-noout",
+            "-subject",
+            "-ext",
+            "subjectAltName",
+        ])
+        .unwrap();
+        assert!(
+            text.contains("CN=cli-1") || text.contains("CN = cli-1"),
+            "{text}"
+        );
         assert!(text.contains("URI:silo://agent/cli-1"), "{text}");
     }
 
     // The written configuration runs the agent over mTLS.
     let loaded = silo_core::config::load::<silo_agent::config::AgentConfig>(
-        &silo_core::config::ConfigSource { file: Some(config), ..Default::default() },
+        &silo_core::config::ConfigSource {
+            file: Some(config),
+            ..Default::default()
+        },
     )
     .unwrap()
     .config;
@@ -171,8 +253,14 @@ async fn an_existing_key_is_kept_without_force_and_the_key_is_not_spent() {
     let first = s.key("force-1").await;
     let args = |key: &str| {
         vec![
-            "--server".to_owned(), s.url.clone(), "--key".into(), key.to_owned(),
-            "--cert-dir".into(), certs.display().to_string(), "--ca-file".into(), ca.clone(),
+            "--server".to_owned(),
+            s.url.clone(),
+            "--key".into(),
+            key.to_owned(),
+            "--cert-dir".into(),
+            certs.display().to_string(),
+            "--ca-file".into(),
+            ca.clone(),
         ]
     };
     let run = |a: Vec<String>| async move {
@@ -207,25 +295,72 @@ async fn refusals_are_one_clear_line() {
     let certs = dir.path().join("certs");
     let cd = certs.to_str().unwrap();
     let typo = format!("sk_{}", "1".repeat(64));
-    let out = agent(&["--server", &s.url, "--key", &typo, "--cert-dir", cd, "--ca-sha256", &s.ca_sha256]).await;
+    let out = agent(&[
+        "--server",
+        &s.url,
+        "--key",
+        &typo,
+        "--cert-dir",
+        cd,
+        "--ca-sha256",
+        &s.ca_sha256,
+    ])
+    .await;
     failed_with(&out, "invalid provision key");
 
     let created = s.key("once").await;
     let key = created["key"].as_str().unwrap();
-    let ok = agent(&["--server", &s.url, "--key", key, "--cert-dir", cd, "--ca-sha256", &s.ca_sha256]).await;
+    let ok = agent(&[
+        "--server",
+        &s.url,
+        "--key",
+        key,
+        "--cert-dir",
+        cd,
+        "--ca-sha256",
+        &s.ca_sha256,
+    ])
+    .await;
     assert!(ok.status.success(), "{}", stderr(&ok));
     let other = dir.path().join("other");
-    let out = agent(&["--server", &s.url, "--key", key, "--cert-dir", other.to_str().unwrap(), "--ca-sha256", &s.ca_sha256]).await;
+    let out = agent(&[
+        "--server",
+        &s.url,
+        "--key",
+        key,
+        "--cert-dir",
+        other.to_str().unwrap(),
+        "--ca-sha256",
+        &s.ca_sha256,
+    ])
+    .await;
     failed_with(&out, "provision key already used");
 
     let plain = format!("http://localhost:{}", s.server.api.port());
-    let out = agent(&["--server", &plain, "--key", key, "--cert-dir", cd, "--insecure"]).await;
+    let out = agent(&[
+        "--server",
+        &plain,
+        "--key",
+        key,
+        "--cert-dir",
+        cd,
+        "--insecure",
+    ])
+    .await;
     assert!(!out.status.success());
     assert!(stderr(&out).contains("plain http"), "{}", stderr(&out));
 
     // A server the system roots do not know.
     let fresh = s.key("sys").await;
-    let out = agent(&["--server", &s.url, "--key", fresh["key"].as_str().unwrap(), "--cert-dir", other.to_str().unwrap()]).await;
+    let out = agent(&[
+        "--server",
+        &s.url,
+        "--key",
+        fresh["key"].as_str().unwrap(),
+        "--cert-dir",
+        other.to_str().unwrap(),
+    ])
+    .await;
     failed_with(&out, "TLS verification");
     assert_eq!(s.key_status(&fresh["id"]).await, "active");
 
@@ -239,10 +374,19 @@ async fn insecure_works_but_warns() {
     let created = s.key("dev-1").await;
     let dir = tempfile::tempdir().unwrap();
     let out = agent(&[
-        "--server", &s.url, "--key", created["key"].as_str().unwrap(),
-        "--cert-dir", dir.path().to_str().unwrap(), "--insecure",
+        "--server",
+        &s.url,
+        "--key",
+        created["key"].as_str().unwrap(),
+        "--cert-dir",
+        dir.path().to_str().unwrap(),
+        "--insecure",
     ])
     .await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("WARNING: --insecure"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("WARNING: --insecure"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -50,6 +50,18 @@ struct Cli {
     /// Also write the report to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Worker threads of the server's runtime (TOKIO_WORKER_THREADS) [default: one per core].
+    #[arg(long)]
+    server_workers: Option<usize>,
+    /// Worker threads of the agent's runtime [default: one per core].
+    #[arg(long)]
+    agent_workers: Option<usize>,
+    /// Command prefix for the server, for profiling (e.g. "valgrind --tool=callgrind").
+    #[arg(long)]
+    server_wrapper: Option<String>,
+    /// Command prefix for the agent.
+    #[arg(long)]
+    agent_wrapper: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
@@ -136,7 +148,16 @@ async fn main() -> anyhow::Result<()> {
         Ok(n) => eprintln!("RLIMIT_NOFILE: {n}"),
         Err(e) => eprintln!("cannot raise RLIMIT_NOFILE: {e}"),
     }
+    let launch = |workers, wrapper: &Option<String>| procs::Launch {
+        workers,
+        wrapper: wrapper.clone(),
+    };
+    let _ = procs::LAUNCH.set((
+        launch(cli.server_workers, &cli.server_wrapper),
+        launch(cli.agent_workers, &cli.agent_wrapper),
+    ));
     let dir = tempfile::Builder::new().prefix("silo-bench-").tempdir()?;
+    let machine = report::machine();
     let mut rows = Vec::new();
     let started = std::time::Instant::now();
 
@@ -259,10 +280,12 @@ async fn main() -> anyhow::Result<()> {
     let text = format!(
         "Command: `cargo run --release -p silo-bench --{}{command}`  \nDate: {}  \nMachine: {}  \n\
          Settings: {rounds} rounds × {:.1} s per run (medians), large transfers {} MiB, mTLS on, \
-         built-in HTTP/1.1 load generator; took {:.0} s.\n\n{}",
+         built-in HTTP/1.1 load generator; took {:.0} s.\n\n{}\n\
+         Rows with a single figure (memory, connect time, signings) show it under *tunnel*; \
+         ratio = tunnel / direct.\n",
         if command.is_empty() { "" } else { " " },
         report::now_utc(),
-        report::machine(),
+        machine,
         duration.as_secs_f64(),
         big_bytes >> 20,
         started.elapsed().as_secs_f64(),

@@ -21,16 +21,53 @@ pub struct Proc {
     log: PathBuf,
 }
 
+/// How to run a child: experiments on runtime size and profiling without
+/// touching the benchmark's code.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// `TOKIO_WORKER_THREADS` of the child (tokio's default: one per core).
+    pub workers: Option<usize>,
+    /// A command prefix, e.g. `valgrind --tool=callgrind` (same pid).
+    pub wrapper: Option<String>,
+}
+
+/// [`Launch`] of the server and of the agent, set once by `main`.
+pub static LAUNCH: std::sync::OnceLock<(Launch, Launch)> = std::sync::OnceLock::new();
+
 impl Proc {
     fn spawn(name: &'static str, config: &Path, dir: &Path) -> anyhow::Result<Self> {
         let bin = sibling_binary(name)?;
         let log = dir.join(format!("{name}.log"));
-        let child = Command::new(&bin)
+        let launch = LAUNCH
+            .get()
+            .map_or_else(Launch::default, |(server, agent)| {
+                if name == "silo-proxy-server" {
+                    server
+                } else {
+                    agent
+                }
+                .clone()
+            });
+        let mut cmd = match launch.wrapper.as_deref().map(str::split_whitespace) {
+            Some(mut words) => {
+                let mut cmd = Command::new(words.next().unwrap_or("env"));
+                cmd.args(words).arg(&bin);
+                cmd
+            }
+            None => Command::new(&bin),
+        };
+        // No inherited SILO_* / RUST_LOG overrides: the config file says it all.
+        cmd.env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path); // for a wrapper
+        }
+        if let Some(n) = launch.workers {
+            cmd.env("TOKIO_WORKER_THREADS", n.to_string());
+        }
+        let child = cmd
             .arg("--config")
             .arg(config)
             .current_dir(dir)
-            // No inherited SILO_* / RUST_LOG overrides: the config file says it all.
-            .env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
@@ -61,7 +98,20 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM first (a profiler wrapper writes its data on a clean exit),
+    /// SIGKILL after ten seconds.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -167,8 +217,15 @@ impl Server {
         let grpc = SocketAddr::from(([127, 0, 0, 1], grpc));
         let paths = CaPaths::under_data_dir(&data_dir);
         let deadline = Instant::now() + Duration::from_secs(60);
-        // Up when the gRPC port answers and the CA it generated is on disk.
-        while !(paths.ca_key.is_file() && TcpStream::connect(grpc).is_ok()) {
+        // Up when the gRPC port answers and the CA and server certificate
+        // it generated are on disk (ports are bound before the PKI starts).
+        let ready = || {
+            [&paths.ca_cert, &paths.ca_key, &paths.server_cert]
+                .iter()
+                .all(|p| p.is_file())
+                && TcpStream::connect(grpc).is_ok()
+        };
+        while !ready() {
             proc.check_alive()?;
             if Instant::now() > deadline {
                 bail!("server did not come up within 60 s");

@@ -120,8 +120,16 @@ pub fn machine() -> String {
         .map_or("?".into(), |kib| format!("{:.1}", kib / 1024.0 / 1024.0));
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // The machine may be shared: the load when the run started says how
+    // much of it the benchmark had.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
     format!(
-        "{nproc} CPUs ({model}), {mem_gib} GiB memory, Linux {}",
+        "{nproc} CPUs ({model}), {mem_gib} GiB memory, Linux {}; load average at start {load}",
         kernel.trim()
     )
 }
@@ -163,7 +171,11 @@ mod tests {
     #[test]
     fn verdicts_follow_targets() {
         let r = Row::new("w", "req/s", 0).pair(100.0, 60.0);
-        assert!(r.target(Target::RatioAtLeast(0.55)).verdict().ends_with('✅'));
+        assert!(
+            r.target(Target::RatioAtLeast(0.55))
+                .verdict()
+                .ends_with('✅')
+        );
         let r = Row::new("w", "p99", 2).pair(1.0, 2.5);
         assert!(r.target(Target::RatioAtMost(2.0)).verdict().ends_with('❌'));
         let r = Row::new("w", "MiB", 1).only(30.0);

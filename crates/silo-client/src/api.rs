@@ -231,7 +231,11 @@ mod tests {
             "https://h:8080/"
         );
         assert_eq!(
-            parse_base_url("https://h/sub").unwrap().join("api/v1/x").unwrap().as_str(),
+            parse_base_url("https://h/sub")
+                .unwrap()
+                .join("api/v1/x")
+                .unwrap()
+                .as_str(),
             "https://h/sub/api/v1/x"
         );
         for bad in ["h:8080", "ftp://h", "https://", "https://h/?q=1"] {
@@ -251,6 +255,11 @@ mod tests {
             status: 502,
             body: Value::Null,
         };
-        assert!(r.into_success().unwrap_err().to_string().contains("HTTP 502"));
+        assert!(
+            r.into_success()
+                .unwrap_err()
+                .to_string()
+                .contains("HTTP 502")
+        );
     }
 }

@@ -60,7 +60,11 @@ impl Trust {
         if let Some(path) = ca_file {
             return Self::ca_file(path);
         }
-        Ok(if insecure { Trust::Insecure } else { Trust::System })
+        Ok(if insecure {
+            Trust::Insecure
+        } else {
+            Trust::System
+        })
     }
 
     /// `--ca-sha256`: 64 hex digits, any case, colons and `sha256:` allowed.
@@ -123,15 +127,12 @@ impl Trust {
                 .with_custom_certificate_verifier(Arc::new(InsecureVerifier::new(provider)))
                 .with_no_client_auth(),
             Trust::CaFile { path, certs } => {
-                let verifier = roots_verifier(certs, provider).map_err(|reason| {
-                    ClientError::CaFile {
+                let verifier =
+                    roots_verifier(certs, provider).map_err(|reason| ClientError::CaFile {
                         path: path.clone(),
                         reason,
-                    }
-                })?;
-                builder
-                    .with_webpki_verifier(verifier)
-                    .with_no_client_auth()
+                    })?;
+                builder.with_webpki_verifier(verifier).with_no_client_auth()
             }
         };
         let mut config = config;
@@ -145,7 +146,12 @@ impl fmt::Debug for Trust {
         match self {
             Trust::CaSha256(pin) => write!(f, "CaSha256({})", hex_lower(pin)),
             Trust::CaFile { path, certs } => {
-                write!(f, "CaFile({}, {} certificates)", path.display(), certs.len())
+                write!(
+                    f,
+                    "CaFile({}, {} certificates)",
+                    path.display(),
+                    certs.len()
+                )
             }
             Trust::System => f.write_str("System"),
             Trust::Insecure => f.write_str("Insecure"),

@@ -19,10 +19,22 @@ use std::time::Duration;
 #[derive(Debug, clap::Args)]
 pub struct Connection {
     /// API URL of the server [default: this host's server, from its configuration]
-    #[arg(long, global = true, value_name = "URL", env = "SILO_CLI_SERVER")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "SILO_CLI_SERVER",
+        hide_env_values = true
+    )]
     pub server: Option<String>,
     /// Admin API key [default: http.admin_api_key or <data_dir>/admin-api-key]
-    #[arg(long, global = true, value_name = "KEY", env = "SILO_CLI_API_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "KEY",
+        env = "SILO_CLI_API_KEY",
+        hide_env_values = true
+    )]
     pub api_key: Option<String>,
     /// Trust the server whose CA certificate has this SHA-256.
     #[arg(long, global = true, value_name = "HEX")]
@@ -156,7 +168,11 @@ struct Request {
 
 fn keys_request(cmd: &KeysCommand) -> Request {
     match cmd {
-        KeysCommand::Create { agent_id, ttl_hours, ttl_seconds } => {
+        KeysCommand::Create {
+            agent_id,
+            ttl_hours,
+            ttl_seconds,
+        } => {
             let mut body = json!({ "agent_id": agent_id });
             if let Some(h) = ttl_hours {
                 body["ttl_hours"] = json!(h);
@@ -164,11 +180,19 @@ fn keys_request(cmd: &KeysCommand) -> Request {
             if let Some(s) = ttl_seconds {
                 body["ttl_seconds"] = json!(s);
             }
-            Request { method: Method::POST, path: "/api/v1/provision-keys".into(), body: Some(body), render: render::created_key }
+            Request {
+                method: Method::POST,
+                path: "/api/v1/provision-keys".into(),
+                body: Some(body),
+                render: render::created_key,
+            }
         }
         KeysCommand::List { all } => Request {
             method: Method::GET,
-            path: format!("/api/v1/provision-keys{}", if *all { "?all=true" } else { "" }),
+            path: format!(
+                "/api/v1/provision-keys{}",
+                if *all { "?all=true" } else { "" }
+            ),
             body: None,
             render: render::keys,
         },
@@ -235,12 +259,22 @@ fn connect(conn: &Connection, config_file: Option<PathBuf>) -> anyhow::Result<Ap
         &silo_core::config::ConfigSource::for_process(config_file),
     )
     .map(|l| l.config);
-    let local_ref = || local.as_ref().map_err(|e| anyhow!("reading the server configuration for defaults: {e}"));
+    let local_ref = || {
+        local
+            .as_ref()
+            .map_err(|e| anyhow!("reading the server configuration for defaults: {e}"))
+    };
 
     let explicit = conn.ca_sha256.is_some() || conn.ca_file.is_some() || conn.insecure;
-    let env_ca = std::env::var_os("SILO_CLI_CA_FILE").filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env_ca = std::env::var_os("SILO_CLI_CA_FILE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
     let trust = if explicit {
-        Trust::from_flags(conn.ca_sha256.as_deref(), conn.ca_file.as_deref(), conn.insecure)?
+        Trust::from_flags(
+            conn.ca_sha256.as_deref(),
+            conn.ca_file.as_deref(),
+            conn.insecure,
+        )?
     } else if let Some(path) = env_ca {
         Trust::ca_file(&path)?
     } else {
@@ -250,7 +284,9 @@ fn connect(conn: &Connection, config_file: Option<PathBuf>) -> anyhow::Result<Ap
         }
     };
     if matches!(trust, Trust::Insecure) {
-        eprintln!("WARNING: --insecure: the server's identity is NOT verified and the admin key may go to anyone on the network path");
+        eprintln!(
+            "WARNING: --insecure: the server's identity is NOT verified and the admin key may go to anyone on the network path"
+        );
     }
     let server = match &conn.server {
         Some(s) => s.clone(),

@@ -354,8 +354,34 @@ async fn a_killed_agent_is_a_prompt_502_and_comes_back_on_its_port() {
         async move { (obs.requests.load(std::sync::atomic::Ordering::SeqCst) >= 2).then_some(()) }
     })
     .await;
+    // And a download under way (its head already sent, so no 502 is
+    // possible any more: it must be cut, not left hanging).
+    let resp = client::open(
+        at(port),
+        Request::get(format!("/bytes?n={}", 1024 * MIB))
+            .body(Full::<Bytes>::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let mut download = resp.into_body();
+    download.frame().await.unwrap().unwrap();
     agent.kill(); // SIGKILL: no goodbye on the tunnel
     let killed = Instant::now();
+    let cut = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match download.frame().await {
+                Some(Ok(_)) => continue,
+                other => return other.map(|r| r.map(|_| ())),
+            }
+        }
+    })
+    .await
+    .expect("the download cut promptly, not left hanging");
+    assert!(
+        matches!(cut, Some(Err(_))),
+        "the cut download must not look complete: {cut:?}"
+    );
     for w in waiting {
         let r = tokio::time::timeout(Duration::from_secs(3), w)
             .await

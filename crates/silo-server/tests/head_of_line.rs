@@ -90,7 +90,9 @@ impl Chunked {
 async fn a_stalled_download_does_not_block_the_agents_other_requests() {
     silo_test_support::init_logs();
     let window = u64::from(CONNECTION_WINDOW_BYTES);
-    assert!(STREAM_WINDOW_BYTES < CONNECTION_WINDOW_BYTES);
+    // One stalled exchange can pin at most its stream window of the
+    // connection window.
+    const { assert!(STREAM_WINDOW_BYTES < CONNECTION_WINDOW_BYTES) };
     let total = 8 * window; // 64 MiB
     let backend = Backend::spawn().await;
     let server = TestServer::spawn().await;

@@ -542,6 +542,56 @@ async fn graceful_shutdown_finishes_downloads_and_refuses_new_connections() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_shutting_down_finishes_its_exchanges_and_takes_no_new_ones() {
+    silo_test_support::init_logs();
+    let backend = Backend::spawn().await;
+    let server = TestServer::spawn().await;
+    let mut agent = TestAgent::spawn(server.grpc, "leaving", &backend.url()).await;
+    agent.wait_connected().await;
+
+    let total = 16 * MIB;
+    let resp = client::open(
+        server.proxy,
+        Request::get(format!("/proxy/leaving/bytes?n={total}"))
+            .body(Full::<Bytes>::default())
+            .unwrap(),
+    )
+    .await;
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    let mut received = first.len() as u64;
+
+    agent.shutdown.cancel();
+    // New requests are refused at once rather than left waiting for an
+    // agent that will take no more: it leaves the registry as soon as it
+    // starts draining (its grace here is 5 s).
+    eventually(
+        Duration::from_secs(2),
+        "the agent to leave the registry",
+        || async { listed_ids(&server.agents().await).is_empty().then_some(()) },
+    )
+    .await;
+    let started = Instant::now();
+    let r = get(server.proxy, "/proxy/leaving/hello").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // The download under way completes.
+    while let Some(frame) = body.frame().await {
+        let data = frame
+            .expect("download cut by the agent's shutdown")
+            .into_data()
+            .unwrap();
+        assert!(is_pattern(&data, received));
+        received += data.len() as u64;
+    }
+    assert_eq!(received, total);
+    tokio::time::timeout(Duration::from_secs(10), agent.stop())
+        .await
+        .expect("the agent stops once drained");
+}
+
 // ------------------------------------------------------------ slow clients
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -214,18 +214,19 @@ async fn websocket_echo(url: &str) {
     ws.send(Message::binary(big.clone())).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(big));
 
+    // The backend answers our Close with its own, then the stream ends.
     ws.close(None).await.unwrap();
-    let end = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(_))) | None => return,
-                Some(Ok(other)) => panic!("unexpected message after close: {other:?}"),
-                Some(Err(e)) => panic!("closing failed: {e}"),
-            }
-        }
-    })
-    .await;
-    assert!(end.is_ok(), "the close handshake did not complete");
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("the close handshake completes");
+    assert!(
+        matches!(reply, Some(Ok(Message::Close(_)))),
+        "closing failed: {reply:?}"
+    );
+    let end = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("the stream ends after the close handshake");
+    assert!(end.is_none(), "{end:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,4 +342,89 @@ async fn hop_by_hop_headers_are_dropped_and_forwarded_headers_added() {
     ));
     assert_eq!(values(&seen, "x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(values(&seen, "x-forwarded-host"), ["h.example"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_exchanges_of_one_agent_do_not_mix() {
+    let s = setup("mix").await;
+    let tasks: Vec<_> = (0..24u64)
+        .map(|i| {
+            let (port, proxy) = (s.port, s.server.proxy);
+            tokio::spawn(async move {
+                let n = 100_000 + i * 37_000;
+                if i % 2 == 0 {
+                    let r = get(at(port), &format!("/bytes?n={n}")).await;
+                    assert_eq!(r.body.len() as u64, n, "download {i}");
+                    assert!(is_pattern(&r.body, 0), "download {i} corrupt");
+                } else {
+                    let payload: Vec<u8> = (0..n).map(|b| (b * i % 256) as u8).collect();
+                    let r = client::post(proxy, "/proxy/mix/echo", payload.clone()).await;
+                    assert!(r.body == payload, "echo {i} differs");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_connection_carries_many_exchanges() {
+    let s = setup("keepalive").await;
+    let mut conn = client::connect(at(s.port)).await;
+    let host = format!("127.0.0.1:{}", s.port);
+    let cases: [(&str, &str, u16, &str); 7] = [
+        ("GET", "/hello", 200, "hello"),
+        ("HEAD", "/bytes?n=1000", 404, ""),
+        ("GET", "/status/204", 204, ""),
+        ("GET", "/status/304", 304, ""),
+        ("GET", "/ws", 400, "not a websocket request"),
+        ("POST", "/echo", 200, "ping"),
+        ("GET", "/hello", 200, "hello"),
+    ];
+    for (method, path, status, body) in cases {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &host)
+            .body(Full::new(Bytes::from_static(if method == "POST" {
+                b"ping"
+            } else {
+                b""
+            })))
+            .unwrap();
+        // The connection must be ready (idle) again before the next request;
+        // it is not if the server closed it after the previous one.
+        tokio::time::timeout(Duration::from_secs(5), conn.ready())
+            .await
+            .unwrap_or_else(|_| panic!("connection not reusable before {method} {path}"))
+            .unwrap_or_else(|e| panic!("connection closed before {method} {path}: {e}"));
+        let resp = tokio::time::timeout(Duration::from_secs(5), conn.send_request(req))
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path} hung"))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        assert_eq!(resp.status(), status, "{method} {path}");
+        let got = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(got, body.as_bytes(), "{method} {path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_and_queries_reach_the_backend_verbatim() {
+    let s = setup("verbatim").await;
+    let r = get(at(s.port), "/headers?a=1&b=%20x&c=%2F").await;
+    assert_eq!(r.json()["uri"], "/headers?a=1&b=%20x&c=%2F");
+    let r = get(s.server.proxy, "/proxy/verbatim/headers?q=%26&r").await;
+    assert_eq!(r.json()["uri"], "/headers?q=%26&r");
+    // A big header survives.
+    let big = "v".repeat(12 * 1024);
+    let r = get_with(at(s.port), "/headers", &[("x-big", &big)]).await;
+    let seen = r.json()["headers"].clone();
+    assert!(
+        seen.as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p[0] == "x-big" && p[1] == big.as_str())
+    );
 }

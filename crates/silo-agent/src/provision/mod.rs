@@ -29,7 +29,12 @@ pub struct ProvisionArgs {
     #[arg(long, value_name = "URL")]
     pub server: String,
     /// The provision key (sk_…), as printed when it was created.
-    #[arg(long, value_name = "KEY", env = "SILO_PROVISION_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "SILO_PROVISION_KEY",
+        hide_env_values = true
+    )]
     pub key: String,
     /// Where the certificate files go: <DIR>/agents/<id>/ and <DIR>/ca/.
     #[arg(long, value_name = "DIR", default_value = "./certs")]
@@ -74,7 +79,11 @@ pub struct Provisioned {
 
 /// Runs the command. Errors are one line each (`{:#}` joins causes).
 pub async fn run(args: ProvisionArgs) -> anyhow::Result<Provisioned> {
-    let trust = Trust::from_flags(args.ca_sha256.as_deref(), args.ca_file.as_deref(), args.insecure)?;
+    let trust = Trust::from_flags(
+        args.ca_sha256.as_deref(),
+        args.ca_file.as_deref(),
+        args.insecure,
+    )?;
     if matches!(trust, Trust::Insecure) {
         eprintln!(
             "WARNING: --insecure: the server's identity is NOT verified; anyone on the network path \
@@ -97,7 +106,10 @@ pub async fn run(args: ProvisionArgs) -> anyhow::Result<Provisioned> {
     // Everything that can be refused locally is refused before the key is
     // spent: the server consumes it on the first successful call.
     output::check_targets(&args.cert_dir, args.write_config.as_deref(), args.force)?;
-    let key_type: KeyType = args.key_type.parse().map_err(|e| anyhow!("--key-type: {e}"))?;
+    let key_type: KeyType = args
+        .key_type
+        .parse()
+        .map_err(|e| anyhow!("--key-type: {e}"))?;
     let pair = silo_pki::generate_key(key_type).context("generating the key pair")?;
     let csr = verify::csr_pem(&pair).context("building the CSR")?;
 

@@ -42,7 +42,11 @@ pub fn check_grpc_address(addr: &str) -> anyhow::Result<String> {
 /// Refuses, before the key is spent, what would fail afterwards: an agent
 /// key already in the certificate directory (without `--force`), an
 /// existing configuration file, a directory that cannot be created.
-pub fn check_targets(cert_dir: &Path, write_config: Option<&Path>, force: bool) -> anyhow::Result<()> {
+pub fn check_targets(
+    cert_dir: &Path,
+    write_config: Option<&Path>,
+    force: bool,
+) -> anyhow::Result<()> {
     if !force {
         if let Some(existing) = existing_agent_key(cert_dir)? {
             bail!(
@@ -51,7 +55,10 @@ pub fn check_targets(cert_dir: &Path, write_config: Option<&Path>, force: bool) 
             );
         }
         if let Some(path) = write_config.filter(|p| p.exists()) {
-            bail!("{} already exists; pass --force to overwrite it", path.display());
+            bail!(
+                "{} already exists; pass --force to overwrite it",
+                path.display()
+            );
         }
     }
     silo_pki::files::create_private_dir_all(cert_dir)
@@ -150,7 +157,10 @@ pub fn agent_config_yaml(agent_id: &str, grpc_address: &str, files: &Files) -> S
 /// `--write-config FILE` (not secret: it only names the files).
 pub fn write_config(path: &Path, yaml: &str, force: bool) -> anyhow::Result<()> {
     if path.exists() && !force {
-        bail!("{} already exists; pass --force to overwrite it", path.display());
+        bail!(
+            "{} already exists; pass --force to overwrite it",
+            path.display()
+        );
     }
     silo_pki::write_public_file(path, yaml.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
@@ -163,7 +173,10 @@ mod tests {
     #[test]
     fn grpc_addresses() {
         let url = silo_client::Url::parse("https://tunnel.example.com:8080/").unwrap();
-        assert_eq!(default_grpc_address(&url).unwrap(), "tunnel.example.com:9090");
+        assert_eq!(
+            default_grpc_address(&url).unwrap(),
+            "tunnel.example.com:9090"
+        );
         let url = silo_client::Url::parse("https://[::1]:8080/").unwrap();
         assert_eq!(default_grpc_address(&url).unwrap(), "[::1]:9090");
         assert_eq!(check_grpc_address(" h:1 ").unwrap(), "h:1");
@@ -203,7 +216,9 @@ mod tests {
         check_targets(dir.path(), None, false).unwrap();
         let key = dir.path().join("agents/x/x-key.pem");
         silo_pki::write_private_file(&key, b"k").unwrap();
-        let e = check_targets(dir.path(), None, false).unwrap_err().to_string();
+        let e = check_targets(dir.path(), None, false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("x-key.pem") && e.contains("--force"), "{e}");
         check_targets(dir.path(), None, true).unwrap();
     }

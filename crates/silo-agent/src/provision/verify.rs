@@ -121,14 +121,21 @@ mod tests {
             domain_names: vec!["localhost".into()],
             ..Default::default()
         };
-        Pki::load_or_init(&CaPaths::under_data_dir(dir), &spec).unwrap().0
+        Pki::load_or_init(&CaPaths::under_data_dir(dir), &spec)
+            .unwrap()
+            .0
     }
 
     fn issue(pki: &Pki, agent: &str, pair: &KeyPair) -> Value {
         let pk = SubjectPublicKey::from_key_pair(pair).unwrap();
         let cert = pki
             .signer()
-            .sign_agent(agent, &pk, std::time::Duration::from_secs(3600), time::OffsetDateTime::now_utc())
+            .sign_agent(
+                agent,
+                &pk,
+                std::time::Duration::from_secs(3600),
+                time::OffsetDateTime::now_utc(),
+            )
             .unwrap();
         serde_json::json!({
             "agent_id": agent,
@@ -157,7 +164,9 @@ mod tests {
 
         // A certificate for somebody else's key.
         let other = silo_pki::generate_key(KeyType::EcdsaP256).unwrap();
-        let e = answer(&issue(&pki, "edge-1", &other), &pair, &pin).unwrap_err().to_string();
+        let e = answer(&issue(&pki, "edge-1", &other), &pair, &pin)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("another public key"), "{e}");
 
         // Another CA than the pinned one, even if self-consistent.
@@ -170,10 +179,14 @@ mod tests {
         answer(&foreign, &pair, &Trust::System).unwrap();
         let mut mixed = foreign.clone();
         mixed["ca_cert_pem"] = good["ca_cert_pem"].clone();
-        let e = answer(&mixed, &pair, &Trust::System).unwrap_err().to_string();
+        let e = answer(&mixed, &pair, &Trust::System)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not issued by the returned CA"), "{e}");
 
-        let e = answer(&serde_json::json!({}), &pair, &pin).unwrap_err().to_string();
+        let e = answer(&serde_json::json!({}), &pair, &pin)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cert_pem"), "{e}");
     }
 

@@ -8,7 +8,9 @@ fn s<'a>(v: &'a Value, key: &str) -> &'a str {
 }
 
 fn items<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v.get(key).and_then(Value::as_array).map_or(&[], Vec::as_slice)
+    v.get(key)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
 }
 
 /// Left-aligned columns, two spaces apart.
@@ -57,27 +59,44 @@ pub(super) fn keys(v: &Value) -> String {
     let rows = items(v, "keys")
         .iter()
         .map(|k| {
-            ["id", "agent_id", "status", "created_at", "expires_at", "used_at"]
-                .iter()
-                .map(|f| s(k, f).to_owned())
-                .collect()
+            [
+                "id",
+                "agent_id",
+                "status",
+                "created_at",
+                "expires_at",
+                "used_at",
+            ]
+            .iter()
+            .map(|f| s(k, f).to_owned())
+            .collect()
         })
         .collect::<Vec<_>>();
     if rows.is_empty() {
         return "no provision keys\n".into();
     }
-    table(&["ID", "AGENT", "STATUS", "CREATED", "EXPIRES", "USED"], rows)
+    table(
+        &["ID", "AGENT", "STATUS", "CREATED", "EXPIRES", "USED"],
+        rows,
+    )
 }
 
 pub(super) fn revoked_keys(v: &Value) -> String {
-    format!("{} ({})\n", s(v, "message"), v.get("revoked").unwrap_or(&Value::Null))
+    format!(
+        "{} ({})\n",
+        s(v, "message"),
+        v.get("revoked").unwrap_or(&Value::Null)
+    )
 }
 
 pub(super) fn agents(v: &Value) -> String {
     let rows = items(v, "agents")
         .iter()
         .map(|a| {
-            let port = a.get("port").and_then(Value::as_u64).map_or("-".into(), |p| p.to_string());
+            let port = a
+                .get("port")
+                .and_then(Value::as_u64)
+                .map_or("-".into(), |p| p.to_string());
             vec![
                 s(a, "agent_id").to_owned(),
                 s(a, "status").to_owned(),
@@ -91,7 +110,17 @@ pub(super) fn agents(v: &Value) -> String {
     if rows.is_empty() {
         return "no agents\n".into();
     }
-    table(&["AGENT", "STATUS", "PORT", "LAST SEEN", "REMOTE", "CERT EXPIRES"], rows)
+    table(
+        &[
+            "AGENT",
+            "STATUS",
+            "PORT",
+            "LAST SEEN",
+            "REMOTE",
+            "CERT EXPIRES",
+        ],
+        rows,
+    )
 }
 
 pub(super) fn certificates(v: &Value) -> String {
@@ -113,7 +142,11 @@ pub(super) fn certificates(v: &Value) -> String {
 pub(super) fn revoked_certs(v: &Value) -> String {
     let list = |key| {
         let names: Vec<&str> = items(v, key).iter().filter_map(Value::as_str).collect();
-        if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
     };
     format!(
         "{}\n  revoked serials: {}\n  deleted files: {}\n",

@@ -30,20 +30,6 @@ pub fn admin_routes() -> Router<Arc<ServerState>> {
         .route("/api/v1/audit", get(list_audit))
 }
 
-/// Makes revocations recorded in the store effective at once: reloads the
-/// in-memory set checked at every tunnel handshake, then drops the agent's
-/// live session and connections. Failures are logged (the revocation is
-/// already durable; the set is reloaded at the next revocation or start).
-pub(crate) async fn enforce_revocations(state: &ServerState, agent_id: &str) {
-    match state.store.load_revocations().await {
-        Ok(revocations) => state.revocations.replace(revocations),
-        Err(e) => {
-            tracing::error!(%agent_id, error = %e, "cannot reload revocations; the agent's next handshake may still pass");
-        }
-    }
-    state.cut_agent(agent_id);
-}
-
 fn zip_response(status: StatusCode, bundle: Bundle) -> Response {
     let disposition = format!("attachment; filename=\"{}\"", bundle.file_name);
     (
@@ -104,7 +90,8 @@ async fn revoke(
         OffsetDateTime::now_utc(),
     )
     .await?;
-    enforce_revocations(&state, &agent_id).await;
+    // Refuse the next handshake and cut the live session now.
+    state.apply_revocation(&agent_id).await;
     Ok(Json(out))
 }
 

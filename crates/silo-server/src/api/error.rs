@@ -89,10 +89,14 @@ impl From<silo_store::StoreError> for ApiError {
             StoreError::Conflict(message) => Self::Conflict(message),
             StoreError::NotFound => Self::NotFound("not found".into()),
             e if e.is_unavailable() => {
+                crate::metrics::store_error();
                 tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "store unavailable");
                 Self::Unavailable("database unavailable")
             }
-            e => Self::Internal(Box::new(e)),
+            e => {
+                crate::metrics::store_error();
+                Self::Internal(Box::new(e))
+            }
         }
     }
 }

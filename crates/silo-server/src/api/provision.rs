@@ -162,6 +162,26 @@ pub struct ProvisionBody {
 /// Failed attempts are counted per client address from the moment they
 /// start (a parallel burst is limited too); a success is not counted.
 async fn provision(
+    state: State<Arc<ServerState>>,
+    addr: ClientAddr,
+    req: axum::extract::Request,
+) -> Result<axum::Json<Provisioned>, ApiError> {
+    let result = provision_inner(state, addr, req).await;
+    crate::metrics::provision_outcome(match &result {
+        Ok(p) if p.replayed => "replayed",
+        Ok(_) => "succeeded",
+        Err(e) => match e.status().as_u16() {
+            400 | 413 => "invalid_request",
+            401 => "rejected_key",
+            429 => "rate_limited",
+            503 => "unavailable",
+            _ => "error",
+        },
+    });
+    result
+}
+
+async fn provision_inner(
     State(state): State<Arc<ServerState>>,
     ClientAddr(addr): ClientAddr,
     req: axum::extract::Request,
@@ -180,7 +200,7 @@ async fn provision(
     if !provisioned.replayed {
         // Older certificates were revoked: refuse them at the next
         // handshake and drop a session that still uses one.
-        super::certs::enforce_revocations(&state, &provisioned.agent_id).await;
+        state.apply_revocation(&provisioned.agent_id).await;
     }
     Ok(axum::Json(provisioned))
 }

@@ -42,14 +42,15 @@ pub struct Provisioned {
 /// The public key to certify: from the CSR, or generated here (legacy).
 enum Subject {
     Csr(ValidatedCsr),
-    Generated(silo_pki::KeyPair, SubjectPublicKey),
+    /// Boxed: a key pair is large and this path is rare.
+    Generated(Box<(silo_pki::KeyPair, SubjectPublicKey)>),
 }
 
 impl Subject {
     fn public_key(&self) -> &SubjectPublicKey {
         match self {
             Subject::Csr(csr) => csr.public_key(),
-            Subject::Generated(_, pk) => pk,
+            Subject::Generated(generated) => &generated.1,
         }
     }
 }
@@ -146,7 +147,7 @@ async fn provision_inner(
             let pair = silo_pki::generate_key(ctx.settings.key_type)?;
             let pk = SubjectPublicKey::from_key_pair(&pair)
                 .map_err(|e| silo_pki::PkiError::KeyGeneration(e.to_string()))?;
-            Subject::Generated(pair, pk)
+            Subject::Generated(Box::new((pair, pk)))
         }
     };
     let pubkey_sha256 = subject.public_key().sha256_hex();
@@ -167,23 +168,23 @@ async fn provision_inner(
             issued_cert_serial,
         } => {
             let same_key = winner.as_deref() == Some(pubkey_sha256.as_str());
-            if same_key && now - used_at <= RETRY_WINDOW {
-                if let Some(serial) = issued_cert_serial
-                    && let Some(cert) = ctx.store.get_certificate(&serial).await?
-                    && cert.revoked_at.is_none()
-                {
-                    let id = key.id.clone();
-                    let p = Provisioned {
-                        agent_id: key.agent_id,
-                        cert_pem: cert.pem,
-                        ca_cert_pem: signer.ca_cert_pem().to_owned(),
-                        expires_at: rfc3339(cert.not_after),
-                        key_pem: None,
-                        revoked_serials: Vec::new(),
-                        replayed: true,
-                    };
-                    return Ok((p, id));
-                }
+            if same_key
+                && now - used_at <= RETRY_WINDOW
+                && let Some(serial) = issued_cert_serial
+                && let Some(cert) = ctx.store.get_certificate(&serial).await?
+                && cert.revoked_at.is_none()
+            {
+                let id = key.id.clone();
+                let p = Provisioned {
+                    agent_id: key.agent_id,
+                    cert_pem: cert.pem,
+                    ca_cert_pem: signer.ca_cert_pem().to_owned(),
+                    expires_at: rfc3339(cert.not_after),
+                    key_pem: None,
+                    revoked_serials: Vec::new(),
+                    replayed: true,
+                };
+                return Ok((p, id));
             }
             return Err(unauthorized("provision key already used", Some(key)));
         }
@@ -218,7 +219,7 @@ async fn provision_inner(
     }
     let revoked_serials = supersede_older(ctx, &key.agent_id, &issued, now).await?;
     let key_pem = match subject {
-        Subject::Generated(pair, _) => Some(pair.serialize_pem()),
+        Subject::Generated(generated) => Some(generated.0.serialize_pem()),
         Subject::Csr(_) => None,
     };
     let p = Provisioned {

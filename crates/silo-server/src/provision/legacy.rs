@@ -200,7 +200,12 @@ pub async fn revoke_agent(
             "agent {agent_id} not found"
         )));
     }
-    let revoked_serials = ctx.store.revoke_agent(agent_id, now, now).await?;
+    // Whole seconds, like certificate times: a certificate issued right
+    // after this (notBefore = the cut-off, see `signing_time`) is then
+    // valid at once instead of up to a second in the future. Anything
+    // issued before now has notBefore at or before this second.
+    let cutoff = now.replace_nanosecond(0).unwrap_or(now);
+    let revoked_serials = ctx.store.revoke_agent(agent_id, cutoff, now).await?;
     let mut deleted_paths = Vec::new();
     for path in [&cert_path, &key_path] {
         match std::fs::remove_file(path) {
@@ -231,7 +236,7 @@ pub async fn revoke_agent(
             remote_addr,
             detail: serde_json::json!({
                 "serials": revoked_serials,
-                "revoked_before": rfc3339(now),
+                "revoked_before": rfc3339(cutoff),
                 "deleted_paths": deleted_paths,
             }),
         },

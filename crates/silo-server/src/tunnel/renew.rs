@@ -30,10 +30,18 @@ pub(super) async fn renew(
         .map_err(|e| Status::invalid_argument(format!("invalid CSR: {e}")))?;
     let validity = crate::provision::Settings::from_config(&state.config).cert_validity;
     let now = OffsetDateTime::now_utc();
+    // Never backdate before the agent's revocation cut-off, or the new
+    // certificate would be born revoked.
+    let at = crate::provision::signing_time(&state.store, &peer.agent_id, now)
+        .await
+        .map_err(|e| {
+            error!(agent_id = %peer.agent_id, "cannot read the revocation cut-off: {e}");
+            Status::unavailable("the certificate registry is unavailable; retry later")
+        })?;
     let issued = tls
         .pki
         .signer()
-        .sign_agent(&peer.agent_id, csr.public_key(), validity, now)
+        .sign_agent(&peer.agent_id, csr.public_key(), validity, at)
         .map_err(|e| {
             error!(agent_id = %peer.agent_id, "renewal signing failed: {e}");
             Status::internal("signing failed")
