@@ -12,7 +12,7 @@
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
 use crate::local::LocalService;
-use crate::session::{AgentStatus, SessionError};
+use crate::session::{AgentStatus, SessionError, describe_status};
 use bytes::Bytes;
 use http::header;
 use http_body_util::{BodyExt, Full, Limited};
@@ -108,12 +108,12 @@ async fn run_session(
     let mut inbound = client
         .stream(ReceiverStream::new(rx))
         .await
-        .map_err(|s| SessionError::Refused(s.message().to_owned()))?
+        .map_err(|s| SessionError::Refused(describe_status(&s)))?
         .into_inner();
     // The server answers the first PING; a refusal comes as an error status.
     match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
         Ok(Ok(Some(m))) if m.r#type == MessageType::Pong as i32 => {}
-        Ok(Err(s)) => return Err(SessionError::Refused(s.message().to_owned())),
+        Ok(Err(s)) => return Err(SessionError::Refused(describe_status(&s))),
         _ => return Err(SessionError::Lost("no PONG from the server".into())),
     }
     status.connected.store(true, Ordering::Relaxed);
@@ -152,7 +152,7 @@ async fn run_session(
                     }
                 }
                 Ok(None) => return Err(SessionError::Lost("server closed the stream".into())),
-                Err(s) => return Err(SessionError::Lost(format!("stream lost: {}", s.message()))),
+                Err(s) => return Err(SessionError::Lost(format!("stream lost: {}", describe_status(&s)))),
             },
         }
     }

@@ -167,13 +167,13 @@ async fn run_session(
         .clone()
         .session(ReceiverStream::new(rx))
         .await
-        .map_err(|s| SessionError::Refused(s.message().to_owned()))?
+        .map_err(|s| SessionError::Refused(describe_status(&s)))?
         .into_inner();
     let welcome = match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
         Ok(Ok(Some(ServerMessage {
             msg: Some(server_message::Msg::Welcome(w)),
         }))) => w,
-        Ok(Err(s)) => return Err(SessionError::Refused(s.message().to_owned())),
+        Ok(Err(s)) => return Err(SessionError::Refused(describe_status(&s))),
         _ => return Err(SessionError::Lost("no welcome from the server".into())),
     };
     let limits = welcome.limits.unwrap_or_default();
@@ -246,9 +246,19 @@ async fn run_session(
                 }
                 Ok(Some(_)) => last_heard = Instant::now(),
                 Ok(None) => return Err(SessionError::Lost("server closed the session".into())),
-                Err(s) => return Err(SessionError::Lost(format!("session lost: {}", s.message()))),
+                Err(s) => return Err(SessionError::Lost(format!("session lost: {}", describe_status(&s)))),
             },
         }
+    }
+}
+
+/// A status as an operator needs it: a bare "transport error" says
+/// nothing, the TLS alert underneath ("certificate revoked") does.
+pub(crate) fn describe_status(status: &tonic::Status) -> String {
+    let message = status.message();
+    match std::error::Error::source(status) {
+        Some(source) => format!("{message}: {}", crate::local::error_chain(source)),
+        None => message.to_owned(),
     }
 }
 

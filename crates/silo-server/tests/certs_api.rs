@@ -171,4 +171,43 @@ async fn revoking_cuts_the_live_session_at_once() {
         .await
         .unwrap();
     assert!(certs["certificates"][0]["revoked_at"].is_string());
+
+    // The next handshake with the revoked certificate is refused.
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            body["ca_cert_pem"].as_str().unwrap(),
+        ))
+        .identity(tonic::transport::Identity::from_pem(
+            body["cert_pem"].as_str().unwrap(),
+            pair.serialize_pem(),
+        ))
+        .domain_name("localhost");
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("https://localhost:{}", grpc.port()))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await;
+    let refused = match channel {
+        Err(_) => true,
+        Ok(channel) => {
+            let hello = silo_proto::v1::AgentMessage {
+                msg: Some(silo_proto::v1::agent_message::Msg::Hello(
+                    silo_proto::v1::Hello {
+                        protocol_version: silo_proto::PROTOCOL_VERSION,
+                        agent_id: "live-1".into(),
+                        agent_version: "test".into(),
+                        capabilities: vec![],
+                    },
+                )),
+            };
+            silo_proto::v1::tunnel_client::TunnelClient::new(channel)
+                .session(tokio_stream::iter(vec![hello]))
+                .await
+                .is_err()
+        }
+    };
+    assert!(refused, "a revoked certificate must not open a session");
+    assert_eq!(server.agents().await["count"], 0);
 }

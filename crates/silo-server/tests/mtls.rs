@@ -266,3 +266,119 @@ fn pem_der(pem: &str) -> Vec<u8> {
         .unwrap()
         .to_vec()
 }
+
+/// Runs `openssl` with `args` in `dir`; `None` when openssl is missing.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> Option<()> {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_and_cn_only_agent_certificate_made_with_openssl_are_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A CA and a CN-only client certificate as an operator (or the Go
+    // implementation) would have made them.
+    let ca = openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca-cert.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=Old Fleet CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    if ca.is_none() {
+        println!("SKIPPED: openssl is not installed");
+        return;
+    }
+    std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "old-agent-key.pem",
+            "-out",
+            "old-agent.csr",
+            "-subj",
+            "/CN=old-agent",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "old-agent.csr",
+            "-CA",
+            "ca-cert.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-out",
+            "old-agent-cert.pem",
+            "-days",
+            "30",
+            "-extfile",
+            "client.ext",
+        ],
+    );
+    let ca_before = std::fs::read(d.join("ca-cert.pem")).unwrap();
+
+    let backend = Backend::spawn().await;
+    let (ca_file, ca_key) = (d.join("ca-cert.pem"), d.join("ca-key.pem"));
+    let server = TestServer::spawn_with(move |c| {
+        c.grpc.tls.enabled = true;
+        c.grpc.tls.ca_file = ca_file.display().to_string();
+        c.grpc.tls.ca_key_file = ca_key.display().to_string();
+    })
+    .await;
+    let cert = AgentCert {
+        cert_file: d.join("old-agent-cert.pem"),
+        key_file: d.join("old-agent-key.pem"),
+        ca_file: d.join("ca-cert.pem"),
+        serial_hex: String::new(),
+    };
+    let agent = tls_agent(&server, "old-agent", &cert, &backend).await;
+    agent.wait_connected().await;
+    let port = server.agent_port("old-agent").await;
+    let r = get(SocketAddr::from(([127, 0, 0, 1], port)), "/hello").await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "hello"));
+    assert_eq!(
+        std::fs::read(d.join("ca-cert.pem")).unwrap(),
+        ca_before,
+        "the adopted CA is never rewritten"
+    );
+}

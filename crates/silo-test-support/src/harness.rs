@@ -121,10 +121,13 @@ impl TestServer {
     /// GET on the API listener, over HTTPS when the server uses TLS.
     pub async fn api_get(&self, path: &str, headers: &[(&str, &str)]) -> crate::client::Reply {
         if self.api_is_https() {
-            let ca = std::fs::read_to_string(
-                silo_pki::CaPaths::under_data_dir(&self.config.data_dir).ca_cert,
-            )
-            .expect("the server's CA certificate");
+            let configured = &self.config.grpc.tls.ca_file;
+            let ca_file = if configured.is_empty() {
+                silo_pki::CaPaths::under_data_dir(&self.config.data_dir).ca_cert
+            } else {
+                configured.into()
+            };
+            let ca = std::fs::read_to_string(ca_file).expect("the server's CA certificate");
             crate::tls::https_get_with(self.api, "localhost", &ca, path, headers).await
         } else {
             crate::client::get_with(self.api, path, headers).await
