@@ -52,6 +52,7 @@ fn agent_bin() -> &'static Path {
             profile_dir
         };
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
+        let started = std::time::Instant::now();
         let out = Command::new(cargo)
             .args(["build", "-p", "silo-agent", "--bin", "silo-proxy-agent"])
             .args(["--profile", profile])
@@ -64,6 +65,7 @@ fn agent_bin() -> &'static Path {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(bin.exists(), "{} missing after the build", bin.display());
+        eprintln!("agent binary ready in {:?}", started.elapsed());
         bin
     })
 }
@@ -216,9 +218,9 @@ impl Server {
     }
 
     async fn agents(&self) -> serde_json::Value {
-        get_with(self.api, "/agents", &[("x-api-key", ADMIN_KEY)])
-            .await
-            .json()
+        let r = get_with(self.api, "/agents", &[("x-api-key", ADMIN_KEY)]).await;
+        assert_eq!(r.status, 200, "GET /agents: {}", r.text());
+        r.json()
     }
 
     /// The agent's port once it is listed.
@@ -261,7 +263,10 @@ impl Server {
             ("SILO_HTTP_PORT", "0".to_owned()),
             ("SILO_GRPC_TLS_ENABLED", "false".to_owned()),
         ];
-        Proc::spawn("agent", agent_bin(), self.dir.path(), &env)
+        // The first call may build the binary: keep the runtime's other
+        // worker (the in-process backend) running meanwhile.
+        let bin = tokio::task::block_in_place(agent_bin);
+        Proc::spawn("agent", bin, self.dir.path(), &env)
     }
 }
 

@@ -369,9 +369,16 @@ async fn a_restarted_server_gets_the_agent_back_on_its_port() {
     silo_test_support::init_logs();
     let backend = Backend::spawn().await;
     let mut server = TestServer::spawn().await;
+    let mut first = TestAgent::spawn(server.grpc, "first", &backend.url()).await;
+    first.wait_connected().await;
     let agent = TestAgent::spawn(server.grpc, "comeback", &backend.url()).await;
     agent.wait_connected().await;
-    let port = agent.port();
+    let (first_port, port) = (first.port(), agent.port());
+    assert!(first_port < port, "ports are handed out lowest first");
+    // Only "comeback" returns after the restart: without remembered ports
+    // it would get the lowest free one, "first"'s.
+    first.stop().await;
+    wait_listed(&server, &["comeback"]).await;
 
     server.stop().await;
     eventually(Duration::from_secs(5), "the agent to notice", || async {
