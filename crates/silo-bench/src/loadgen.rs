@@ -42,6 +42,8 @@ pub struct Load {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub requests: u64,
+    /// Requests completed including the warm-up, for CPU per request.
+    pub completed: u64,
     pub bytes: u64,
     pub errors: u64,
     pub secs: f64,
@@ -85,6 +87,7 @@ pub async fn run(load: Load) -> anyhow::Result<Outcome> {
     for w in workers {
         let o = w.await.context("load worker panicked")?;
         total.requests += o.requests;
+        total.completed += o.completed;
         total.bytes += o.bytes;
         total.errors += o.errors;
         total.latencies_us.extend(o.latencies_us);
@@ -125,6 +128,7 @@ async fn worker(target: SocketAddr, kind: Kind, start: Instant, end: Instant) ->
         match result {
             Err(_elapsed) => break,
             Ok(Ok(())) => {
+                out.completed += 1;
                 if t0 >= start {
                     out.requests += 1;
                     let us = t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;

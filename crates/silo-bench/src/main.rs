@@ -123,6 +123,9 @@ struct Samples {
     mbps: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
+    /// CPU µs of the server and of the agent per tunnelled request.
+    server_us: Vec<f64>,
+    agent_us: Vec<f64>,
     errors: u64,
 }
 
@@ -183,6 +186,8 @@ async fn main() -> anyhow::Result<()> {
                     [true, false]
                 } {
                     let target = if through { tunnel } else { backend };
+                    let cpu = || (server.proc.cpu_secs(), agent.proc.cpu_secs());
+                    let before = cpu();
                     let o = loadgen::run(Load {
                         target,
                         conns: s.conns,
@@ -191,7 +196,13 @@ async fn main() -> anyhow::Result<()> {
                         duration,
                     })
                     .await?;
+                    let after = cpu();
                     let e = samples.entry((s.name, through)).or_default();
+                    if through {
+                        let per = |a: f64, b: f64| (b - a) * 1e6 / o.completed.max(1) as f64;
+                        e.server_us.push(per(before.0, after.0));
+                        e.agent_us.push(per(before.1, after.1));
+                    }
                     e.rps.push(o.req_per_sec());
                     e.mbps.push(o.mb_per_sec());
                     e.p50.push(o.percentile_ms(50.0));
@@ -238,6 +249,17 @@ async fn main() -> anyhow::Result<()> {
                     rows.push(pair("req/s", 0, |x| &x.rps).target(Target::RatioAtLeast(0.50)));
                     rows.push(pair("p99 ms", 2, |x| &x.p99).target(Target::RatioAtMost(2.0)));
                 }
+            }
+            // Noise-robust: what the tunnel costs per request, whatever else
+            // the machine is doing.
+            // Bulk transfers per MB (10 MiB = 10.49 MB per request).
+            let (unit, per) = match s.workload {
+                Workload::Download => ("MB", 10.485_76),
+                _ => ("request", 1.0),
+            };
+            for (who, v) in [("server", &t.server_us), ("agent", &t.agent_us)] {
+                let metric = format!("{who} CPU µs/{unit}");
+                rows.push(Row::new(s.name, &metric, 0).only(median(v) / per));
             }
             if d.errors + t.errors > 0 {
                 eprintln!(

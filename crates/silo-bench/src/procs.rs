@@ -95,6 +95,17 @@ impl Proc {
     pub fn mem(&self) -> anyhow::Result<Mem> {
         Mem::of(self.pid)
     }
+
+    /// CPU time (user + system, all threads) used so far, in seconds.
+    pub fn cpu_secs(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are
+        // the 12th and 13th of those, in USER_HZ ticks (100 on Linux).
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / 100.0
+    }
 }
 
 impl Drop for Proc {
