@@ -95,6 +95,9 @@ impl Tunnel for TunnelService {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let remote_addr = request.remote_addr();
         let peer = identity::peer_identity(&request)?;
+        let peer_cert = request
+            .peer_certs()
+            .and_then(|c| c.first().map(|leaf| leaf.to_vec()));
         let mut inbound = request.into_inner();
         let hello = read_hello(&mut inbound).await?;
         if hello.protocol_version != PROTOCOL_VERSION {
@@ -131,11 +134,13 @@ impl Tunnel for TunnelService {
             cert_serial: peer.as_ref().map(|p| p.serial_hex.clone()),
             cert_not_after: peer.as_ref().map(|p| p.not_after),
         };
-        let session = Arc::new(NativeSession::new(
+        let mut session = NativeSession::new(
             info,
             self.state.exchange_settings.clone(),
             self.state.in_flight.clone(),
-        ));
+        );
+        session.peer_cert = peer_cert;
+        let session = Arc::new(session);
         let span =
             info_span!("session", agent_id = %agent_id, session = %&session.info.session_id[..8]);
         let attached = match self.state.attach(session.clone()).await {
@@ -211,8 +216,17 @@ impl Tunnel for TunnelService {
             .cloned()
             .ok_or_else(|| Status::unauthenticated("unknown or closed session"))?;
         // A session id is a bearer token only without TLS; with it, the
-        // stream must come from the same agent's certificate.
-        if let Some(peer) = identity::peer_identity(&request)?
+        // stream must come from the same agent's certificate. The usual case
+        // (the session's own certificate) is a byte comparison; anything
+        // else gets the full parse.
+        let same_cert = match (request.peer_certs(), &session.peer_cert) {
+            (Some(certs), Some(known)) => certs
+                .first()
+                .is_some_and(|leaf| leaf.as_ref() == known.as_slice()),
+            _ => false,
+        };
+        if !same_cert
+            && let Some(peer) = identity::peer_identity(&request)?
             && !peer.agent_id.eq_ignore_ascii_case(&session.info.agent_id)
         {
             return Err(Status::permission_denied(

@@ -36,6 +36,9 @@ pub struct ExchangeSettings {
 
 pub struct NativeSession {
     pub(crate) info: AgentInfo,
+    /// DER of the client certificate the session was opened with: exchange
+    /// streams presenting the same bytes need no second parse.
+    pub(crate) peer_cert: Option<Vec<u8>>,
     pub(crate) settings: Arc<ExchangeSettings>,
     pub(crate) in_flight: Arc<InFlight>,
     pub(crate) server_in_flight: Arc<InFlight>,
@@ -53,6 +56,7 @@ impl NativeSession {
         server_in_flight: Arc<InFlight>,
     ) -> Self {
         Self {
+            peer_cert: None,
             last_seen_ms: AtomicI64::new(now_ms()),
             info,
             settings,
