@@ -27,6 +27,7 @@ pub mod http;
 pub mod inflight;
 pub mod known_agents;
 pub mod legacy;
+pub mod liveness;
 pub mod metrics;
 pub mod ports;
 pub mod provision;

@@ -83,7 +83,7 @@ pub(crate) async fn forward(
     let deadline = Instant::now() + settings.request_timeout;
     let sent = tokio::select! {
         r = timeout_at(deadline, session.outbound.send(Ok(message))) => r,
-        _ = session.cancel.cancelled() => return Err(unavailable("its session closed")),
+        _ = session.liveness.cancel.cancelled() => return Err(unavailable("its session closed")),
     };
     match sent {
         Err(_) => return Err(ProxyError::Timeout(agent)),

@@ -193,7 +193,7 @@ impl ProxyService for LegacyService {
             async move {
                 let session = task_session;
                 run_session(&session, inbound, stale_after).await;
-                let reason = session.close_reason();
+                let reason = session.liveness.close_reason();
                 session.end();
                 // The agent's stream ends now, not after the store writes.
                 task_ended.cancel();
@@ -210,7 +210,7 @@ impl ProxyService for LegacyService {
         // The session keeps a sender for its requests, so the queue alone
         // never ends: the stream ends when the session does, with a status
         // saying why when the server ended it.
-        let last = stream::once(async move { session.close_reason() })
+        let last = stream::once(async move { session.liveness.close_reason() })
             .filter_map(|reason| future::ready(reason.map(|r| Err(end_status(r)))));
         let messages = ReceiverStream::new(rx)
             .take_until(ended.cancelled_owned())
@@ -233,15 +233,15 @@ async fn run_session(
     let mut check = tokio::time::interval(stale_after / 4);
     loop {
         tokio::select! {
-            _ = session.cancel.cancelled() => return,
+            _ = session.liveness.cancel.cancelled() => return,
             m = inbound.message() => match m {
                 Ok(Some(msg)) => {
-                    session.touch();
+                    session.liveness.touch();
                     match MessageType::try_from(msg.r#type) {
                         Ok(MessageType::Ping) => {
                             let sent = tokio::select! {
                                 r = session.outbound.send(pong()) => r.is_ok(),
-                                _ = session.cancel.cancelled() => false,
+                                _ = session.liveness.cancel.cancelled() => false,
                             };
                             if !sent {
                                 return;
@@ -262,7 +262,7 @@ async fn run_session(
                 }
             },
             _ = check.tick() => {
-                if session.idle_for() > stale_after {
+                if session.liveness.idle_for() > stale_after {
                     warn!("silent for {stale_after:?}; evicting the agent");
                     session.close(CloseReason::Stale);
                 }

@@ -5,15 +5,14 @@ use crate::agent::{
     AgentConnection, AgentInfo, BoxFuture, CloseReason, ProxyBody, ProxyError, ProxyRequest,
 };
 use crate::inflight::InFlight;
+use crate::liveness::SessionLiveness;
 use http::Response;
 use silo_proto::legacy::ProxyMessage;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 /// Messages to the agent, in the order they go on its stream.
@@ -40,13 +39,10 @@ pub struct LegacySession {
     pub(crate) outbound: Outbound,
     pub(crate) in_flight: Arc<InFlight>,
     pub(crate) server_in_flight: Arc<InFlight>,
-    last_seen_ms: AtomicI64,
+    pub(crate) liveness: SessionLiveness,
     /// Requests sent and not yet answered, by message id. `None` once the
     /// session ended, so a request cannot start waiting on a dead stream.
     waiting: Mutex<Option<Waiting>>,
-    /// Fires when the session ends, for whatever reason.
-    pub(crate) cancel: CancellationToken,
-    close_reason: Mutex<Option<CloseReason>>,
 }
 
 impl LegacySession {
@@ -62,24 +58,9 @@ impl LegacySession {
             outbound,
             in_flight: Arc::default(),
             server_in_flight,
-            last_seen_ms: AtomicI64::new(now_ms()),
+            liveness: SessionLiveness::default(),
             waiting: Mutex::new(Some(HashMap::new())),
-            cancel: CancellationToken::new(),
-            close_reason: Mutex::new(None),
         }
-    }
-
-    pub(crate) fn touch(&self) {
-        self.last_seen_ms.store(now_ms(), Ordering::Relaxed);
-    }
-
-    pub(crate) fn idle_for(&self) -> Duration {
-        let ms = now_ms().saturating_sub(self.last_seen_ms.load(Ordering::Relaxed));
-        Duration::from_millis(ms.max(0) as u64)
-    }
-
-    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
-        *self.close_reason.lock().expect("close reason lock")
     }
 
     /// Registers a request about to be sent; `None` when the session has
@@ -113,7 +94,7 @@ impl LegacySession {
     /// sender is dropped) instead of running into the request timeout.
     pub(crate) fn end(&self) {
         self.waiting.lock().expect("waiting lock").take();
-        self.cancel.cancel();
+        self.liveness.cancel.cancel();
     }
 }
 
@@ -123,9 +104,7 @@ impl AgentConnection for LegacySession {
     }
 
     fn last_seen(&self) -> OffsetDateTime {
-        let ms = self.last_seen_ms.load(Ordering::Relaxed);
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+        self.liveness.last_seen()
     }
 
     fn in_flight(&self) -> usize {
@@ -140,19 +119,8 @@ impl AgentConnection for LegacySession {
     }
 
     fn close(&self, reason: CloseReason) {
-        self.close_reason
-            .lock()
-            .expect("close reason lock")
-            .get_or_insert(reason);
-        self.cancel.cancel();
+        self.liveness.close(reason);
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -205,6 +173,6 @@ mod tests {
         s.end();
         assert!(rx.await.is_err(), "the waiting request learns at once");
         assert!(s.expect("r2").is_none());
-        assert!(s.cancel.is_cancelled());
+        assert!(s.liveness.cancel.is_cancelled());
     }
 }

@@ -173,7 +173,7 @@ impl Tunnel for TunnelService {
         tokio::spawn(
             async move {
                 run_session(&session, inbound, &tx, stale_after).await;
-                let reason = session.close_reason();
+                let reason = session.liveness.close_reason();
                 session.close(reason.unwrap_or(CloseReason::Shutdown));
                 session.drop_standby();
                 sessions
@@ -254,8 +254,8 @@ async fn run_session(
     let mut check = tokio::time::interval(stale_after / 4);
     loop {
         tokio::select! {
-            _ = session.cancel.cancelled() => {
-                let reason = session.close_reason().unwrap_or(CloseReason::Shutdown);
+            _ = session.liveness.cancel.cancelled() => {
+                let reason = session.liveness.close_reason().unwrap_or(CloseReason::Shutdown);
                 let go_away = GoAway {
                     reason: reason.as_str().to_owned(),
                     retry_after_ms: 1000,
@@ -266,17 +266,17 @@ async fn run_session(
             }
             m = inbound.message() => match m {
                 Ok(Some(AgentMessage { msg: Some(agent_message::Msg::Heartbeat(hb)) })) => {
-                    session.touch();
+                    session.liveness.touch();
                     let ack = Heartbeat { sent_unix_ms: hb.sent_unix_ms };
                     if tx.send(msg(server_message::Msg::HeartbeatAck(ack))).await.is_err() {
                         return;
                     }
                 }
-                Ok(Some(_)) => session.touch(),
+                Ok(Some(_)) => session.liveness.touch(),
                 Ok(None) | Err(_) => return,
             },
             _ = check.tick() => {
-                if session.idle_for() > stale_after {
+                if session.liveness.idle_for() > stale_after {
                     warn!("no heartbeat for {stale_after:?}; evicting the agent");
                     session.close(CloseReason::Stale);
                 }

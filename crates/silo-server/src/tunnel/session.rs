@@ -5,15 +5,14 @@ use crate::agent::{
     AgentConnection, AgentInfo, BoxFuture, CloseReason, ProxyBody, ProxyError, ProxyRequest,
 };
 use crate::inflight::InFlight;
+use crate::liveness::SessionLiveness;
 use http::Response;
 use silo_proto::v1::{AgentFrame, ServerFrame};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
 pub(crate) type FrameTx = mpsc::Sender<Result<ServerFrame, Status>>;
@@ -42,11 +41,9 @@ pub struct NativeSession {
     pub(crate) settings: Arc<ExchangeSettings>,
     pub(crate) in_flight: Arc<InFlight>,
     pub(crate) server_in_flight: Arc<InFlight>,
-    last_seen_ms: AtomicI64,
+    pub(crate) liveness: SessionLiveness,
     standby: Mutex<VecDeque<Standby>>,
     standby_ready: Notify,
-    pub(crate) cancel: CancellationToken,
-    close_reason: Mutex<Option<CloseReason>>,
 }
 
 impl NativeSession {
@@ -57,29 +54,14 @@ impl NativeSession {
     ) -> Self {
         Self {
             peer_cert: None,
-            last_seen_ms: AtomicI64::new(now_ms()),
+            liveness: SessionLiveness::default(),
             info,
             settings,
             in_flight: Arc::default(),
             server_in_flight,
             standby: Mutex::new(VecDeque::new()),
             standby_ready: Notify::new(),
-            cancel: CancellationToken::new(),
-            close_reason: Mutex::new(None),
         }
-    }
-
-    pub(crate) fn touch(&self) {
-        self.last_seen_ms.store(now_ms(), Ordering::Relaxed);
-    }
-
-    pub(crate) fn idle_for(&self) -> Duration {
-        let ms = now_ms().saturating_sub(self.last_seen_ms.load(Ordering::Relaxed));
-        Duration::from_millis(ms.max(0) as u64)
-    }
-
-    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
-        *self.close_reason.lock().expect("close reason lock")
     }
 
     pub(crate) fn add_standby(&self, standby: Standby) {
@@ -105,7 +87,7 @@ impl NativeSession {
             }
             tokio::select! {
                 _ = ready => {}
-                _ = self.cancel.cancelled() => return None,
+                _ = self.liveness.cancel.cancelled() => return None,
             }
         }
     }
@@ -121,9 +103,7 @@ impl AgentConnection for NativeSession {
     }
 
     fn last_seen(&self) -> OffsetDateTime {
-        let ms = self.last_seen_ms.load(Ordering::Relaxed);
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+        self.liveness.last_seen()
     }
 
     fn in_flight(&self) -> usize {
@@ -138,17 +118,6 @@ impl AgentConnection for NativeSession {
     }
 
     fn close(&self, reason: CloseReason) {
-        self.close_reason
-            .lock()
-            .expect("close reason lock")
-            .get_or_insert(reason);
-        self.cancel.cancel();
+        self.liveness.close(reason);
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
