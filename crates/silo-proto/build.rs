@@ -11,6 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // `bytes` fields become `bytes::Bytes`: body chunks are handed on
         // without a copy.
         .bytes(".")
+        // Small per-call buffers: idle agents hold several streams each.
+        .codec_path("crate::codec::SmallBufferCodec")
         .compile_fds(fds)?;
     Ok(())
 }

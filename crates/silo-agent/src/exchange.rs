@@ -3,10 +3,11 @@
 
 use crate::local::{LocalBody, LocalService};
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Empty, StreamBody};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper_util::rt::TokioIo;
 use silo_proto::headers;
-use silo_proto::limits::{FRAME_QUEUE, MAX_CHUNK_BYTES};
+use silo_proto::limits::{FRAME_QUEUE, MAX_CHUNK_BYTES, MAX_INLINE_BODY_BYTES};
 use silo_proto::v1::{
     AgentFrame, End, ExchangeError, RequestStart, ResponseStart, ServerFrame, agent_frame,
     exchange_error, server_frame,
@@ -32,18 +33,24 @@ fn error_frame(kind: exchange_error::Kind, message: String) -> AgentFrame {
 }
 
 /// Reads the server's frames after the request head: body (or upgraded)
-/// bytes go to `data_tx` until `End`; a `Cancel`, or the stream ending before
-/// the exchange did, cancels it.
+/// bytes go to `data_tx` until `End`; a `Cancel`, or the stream ending
+/// before the exchange did, cancels it. Returns true when the exchange
+/// ended cleanly on both sides (`served` fired after the request's `End`),
+/// leaving the stream between exchanges; it reads nothing past that point.
 async fn dispatch_inbound(
-    mut inbound: Streaming<ServerFrame>,
+    inbound: &mut Streaming<ServerFrame>,
     data_tx: mpsc::Sender<Bytes>,
-    cancel: CancellationToken,
-) {
+    mut request_ended: bool,
+    cancel: &CancellationToken,
+    served: &CancellationToken,
+) -> bool {
     let mut data_tx = Some(data_tx);
     loop {
         let next = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return false,
+            _ = served.cancelled(), if request_ended => return true,
             m = inbound.message() => m,
-            _ = cancel.cancelled() => return,
         };
         match next {
             Ok(Some(ServerFrame {
@@ -57,53 +64,75 @@ async fn dispatch_inbound(
             }
             Ok(Some(ServerFrame {
                 frame: Some(server_frame::Frame::End(_)),
-            })) => data_tx = None,
+            })) => {
+                data_tx = None;
+                request_ended = true;
+            }
             Ok(Some(ServerFrame {
                 frame: Some(server_frame::Frame::Cancel(c)),
             })) => {
                 debug!(reason = %c.reason, "exchange cancelled by the server");
                 cancel.cancel();
-                return;
+                return false;
+            }
+            Ok(Some(ServerFrame {
+                frame: Some(server_frame::Frame::Start(_)),
+            })) => {
+                debug!("the server started an exchange on a busy stream");
+                cancel.cancel();
+                return false;
             }
             Ok(Some(_)) => {}
             other => {
                 debug!(?other, "server side of the exchange ended");
                 cancel.cancel();
-                return;
+                return false;
             }
         }
     }
 }
 
-/// How long the agent keeps an exchange stream open after its own last
-/// frame, waiting for the server to close its side.
-const LINGER: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Runs one exchange to its end. `tx` feeds the agent's side of the stream.
+/// Runs one exchange to its end on `inbound`/`tx`. Returns true when it
+/// ended cleanly on both sides, so the stream may carry the next one.
+/// `inline_body`: the server accepts a small response body inside the head.
 pub async fn run(
     local: &LocalService,
     start: RequestStart,
-    inbound: Streaming<ServerFrame>,
-    tx: FrameTx,
-) {
+    inbound: &mut Streaming<ServerFrame>,
+    tx: &FrameTx,
+    inline_body: bool,
+) -> bool {
     let cancel = CancellationToken::new();
+    let served = CancellationToken::new();
+    let upgrade = start.upgrade;
+    let request_ended = !start.has_body && !upgrade;
     let (data_tx, data_rx) = mpsc::channel::<Bytes>(FRAME_QUEUE);
-    let dispatcher = tokio::spawn(dispatch_inbound(inbound, data_tx, cancel.clone()));
-    serve(local, start, data_rx, tx, &cancel).await;
-    // Dropping the server's half (the response stream) now would reset the
-    // HTTP/2 stream and discard the frames still queued on ours, so wait
-    // for the server to close it first.
-    let _ = tokio::time::timeout(LINGER, dispatcher).await;
-    cancel.cancel();
+    // Serving and reading the server's frames run in this one task: no
+    // task per exchange, and the stream is back in our hands at the end.
+    let serving = async {
+        if serve(local, start, data_rx, tx, &cancel, inline_body).await {
+            served.cancel();
+        } else {
+            cancel.cancel();
+        }
+    };
+    let ((), clean) = tokio::join!(
+        serving,
+        dispatch_inbound(inbound, data_tx, request_ended, &cancel, &served)
+    );
+    clean && !upgrade
 }
 
+/// Replays the request and sends the response; true once the exchange's
+/// last frame (`End`, a complete head or an error) is queued.
 async fn serve(
     local: &LocalService,
     start: RequestStart,
     data_rx: mpsc::Receiver<Bytes>,
-    tx: FrameTx,
+    tx: &FrameTx,
     cancel: &CancellationToken,
-) {
+    inline_body: bool,
+) -> bool {
     let upgrade = start.upgrade;
     let (body, mut upgraded_input): (LocalBody, _) = if start.has_body && !upgrade {
         let stream = ReceiverStream::new(data_rx);
@@ -111,6 +140,13 @@ async fn serve(
             Ok::<_, crate::local::BoxError>(http_body::Frame::data(b))
         }));
         (body.boxed_unsync(), None)
+    } else if !start.body.is_empty() {
+        (
+            Full::new(start.body.clone())
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+            None,
+        )
     } else {
         (
             Empty::new().map_err(|never| match never {}).boxed_unsync(),
@@ -120,24 +156,24 @@ async fn serve(
     let req = match local.build_request(&start, body) {
         Ok(r) => r,
         Err(e) => {
-            let _ = tx
+            return tx
                 .send(error_frame(exchange_error::Kind::BadRequest, e))
-                .await;
-            return;
+                .await
+                .is_ok();
         }
     };
     let response = tokio::select! {
         r = local.send(req) => r,
-        _ = cancel.cancelled() => { debug!("cancelled before the local response"); return },
+        _ = cancel.cancelled() => { debug!("cancelled before the local response"); return false },
     };
     let mut response = match response {
         Ok(r) => r,
         Err(message) => {
             debug!(%message, "local request failed");
-            let _ = tx
+            return tx
                 .send(error_frame(exchange_error::Kind::Upstream, message))
-                .await;
-            return;
+                .await
+                .is_ok();
         }
     };
     let status = response.status();
@@ -145,26 +181,55 @@ async fn serve(
     let on_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
     let (mut parts, mut body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, switching);
-    let head = ResponseStart {
+    let mut head = ResponseStart {
         status: u32::from(status.as_u16()),
         headers: headers::to_wire(&parts.headers),
+        ..Default::default()
     };
+    // A small body of known length goes inside the head: one message.
+    if inline_body
+        && !switching
+        && body
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= MAX_INLINE_BODY_BYTES)
+    {
+        let collected = tokio::select! {
+            c = body.collect() => c,
+            _ = cancel.cancelled() => return false,
+        };
+        let frame = match collected {
+            Ok(c) => {
+                head.body = c.to_bytes();
+                head.complete = true;
+                frame(agent_frame::Frame::Start(head))
+            }
+            Err(e) => error_frame(
+                exchange_error::Kind::Upstream,
+                format!(
+                    "local service failed mid-response: {}",
+                    crate::local::error_chain(&e)
+                ),
+            ),
+        };
+        return tx.send(frame).await.is_ok();
+    }
     if tx
         .send(frame(agent_frame::Frame::Start(head)))
         .await
         .is_err()
     {
-        return;
+        return false;
     }
 
     if let (Some(on_upgrade), Some(input)) = (on_upgrade, upgraded_input.take()) {
-        pump_upgraded(on_upgrade, input, &tx, cancel).await;
-        return;
+        pump_upgraded(on_upgrade, input, tx, cancel).await;
+        return false;
     }
     loop {
         let next = tokio::select! {
             f = body.frame() => f,
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => return false,
         };
         match next {
             Some(Ok(f)) => {
@@ -178,7 +243,7 @@ async fn serve(
                         _ = cancel.cancelled() => false,
                     };
                     if !sent {
-                        return;
+                        return false;
                     }
                 }
             }
@@ -187,14 +252,16 @@ async fn serve(
                     "local service failed mid-response: {}",
                     crate::local::error_chain(&e)
                 );
-                let _ = tx
+                return tx
                     .send(error_frame(exchange_error::Kind::Upstream, message))
-                    .await;
-                return;
+                    .await
+                    .is_ok();
             }
             None => {
-                let _ = tx.send(frame(agent_frame::Frame::End(End {}))).await;
-                return;
+                return tx
+                    .send(frame(agent_frame::Frame::End(End {})))
+                    .await
+                    .is_ok();
             }
         }
     }

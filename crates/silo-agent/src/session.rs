@@ -143,7 +143,13 @@ fn hello(config: &AgentConfig) -> AgentMessage {
             protocol_version: PROTOCOL_VERSION,
             agent_id: config.grpc.agent_id.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            capabilities: vec![capabilities::UPGRADE.to_owned()],
+            capabilities: [
+                capabilities::UPGRADE,
+                capabilities::STREAM_REUSE,
+                capabilities::INLINE_BODY,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
         })),
     }
 }
@@ -182,8 +188,8 @@ async fn run_session(
         client,
         &welcome.session_id,
         local.clone(),
-        limits.min_standby_streams,
-        limits.max_concurrent_exchanges,
+        &limits,
+        &welcome.capabilities,
     )
     .map_err(SessionError::Lost)?;
     let _stop_standbys = StopOnDrop(pool.clone());

@@ -2,16 +2,20 @@
 //!
 //! The agent keeps at least `min_idle` streams open in advance; the server
 //! claims one by sending a request head on it, which saves the round trip of
-//! opening a stream on demand. Each claim opens a replacement, and two when
-//! the claim took the last idle one, so the pool grows to the concurrency the
-//! server asks for (bounded by `max_total`).
+//! opening a stream on demand. A claim that leaves fewer than `min_idle`
+//! idle opens replacements (one more when it took the last idle one), so the
+//! pool grows to the concurrency the server asks for (bounded by
+//! `max_total`). With "stream-reuse" a stream whose exchange ended cleanly
+//! waits for the next request head; without it each stream carries one
+//! exchange and every claim opens a replacement.
 
 use crate::exchange;
 use crate::local::LocalService;
 use silo_proto::SESSION_ID_METADATA;
+use silo_proto::capabilities;
 use silo_proto::limits::FRAME_QUEUE;
 use silo_proto::v1::tunnel_client::TunnelClient;
-use silo_proto::v1::{ServerFrame, server_frame};
+use silo_proto::v1::{Limits, ServerFrame, server_frame};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::sync::mpsc;
@@ -22,6 +26,10 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tracing::{Instrument, debug, debug_span};
 
+/// How long a stream that carried its last exchange stays open for the
+/// server to close its side.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct StandbyPool {
     client: TunnelClient<Channel>,
     session_id: MetadataValue<tonic::metadata::Ascii>,
@@ -30,6 +38,10 @@ pub struct StandbyPool {
     active: AtomicU32,
     min_idle: u32,
     max_total: u32,
+    /// The server reuses streams whose exchange ended cleanly.
+    reuse: bool,
+    /// The server accepts small response bodies inside the head.
+    inline_body: bool,
     /// Stops idle standbys (not exchanges under way) when the session ends.
     stop: CancellationToken,
     /// Exchanges under way, for a draining shutdown.
@@ -41,8 +53,8 @@ impl StandbyPool {
         client: TunnelClient<Channel>,
         session_id: &str,
         local: Arc<LocalService>,
-        min_idle: u32,
-        max_total: u32,
+        limits: &Limits,
+        server_capabilities: &[String],
     ) -> Result<Arc<Self>, String> {
         let session_id = session_id
             .parse()
@@ -53,8 +65,10 @@ impl StandbyPool {
             local,
             idle: AtomicU32::new(0),
             active: AtomicU32::new(0),
-            min_idle: min_idle.max(1),
-            max_total: max_total.max(1),
+            min_idle: limits.min_standby_streams.max(1),
+            max_total: limits.max_concurrent_exchanges.max(1),
+            reuse: capabilities::has(server_capabilities, capabilities::STREAM_REUSE),
+            inline_body: capabilities::has(server_capabilities, capabilities::INLINE_BODY),
             stop: CancellationToken::new(),
             exchanges: TaskTracker::new(),
         }))
@@ -106,26 +120,39 @@ impl StandbyPool {
                 return;
             }
         };
-        debug!(closed = tx.is_closed(), "standby stream open");
-        let first = tokio::select! {
-            m = inbound.message() => m,
-            _ = self.stop.cancelled() => Ok(None),
-        };
-        let idle_left = self.idle.fetch_sub(1, Ordering::Relaxed) - 1;
-        let Ok(Some(ServerFrame {
-            frame: Some(server_frame::Frame::Start(start)),
-        })) = first
-        else {
-            return;
-        };
-        debug!(closed = tx.is_closed(), "standby claimed");
-        self.active.fetch_add(1, Ordering::Relaxed);
-        let refill = self.min_idle.saturating_sub(idle_left).max(1) + u32::from(idle_left == 0);
-        self.open(refill);
-        let span = debug_span!("exchange", id = %start.exchange_id, method = %start.method);
-        exchange::run(&self.local, start, inbound, tx)
-            .instrument(span)
-            .await;
-        self.active.fetch_sub(1, Ordering::Relaxed);
+        debug!("standby stream open");
+        loop {
+            let first = tokio::select! {
+                m = inbound.message() => m,
+                _ = self.stop.cancelled() => Ok(None),
+            };
+            let idle_left = self.idle.fetch_sub(1, Ordering::Relaxed) - 1;
+            let Ok(Some(ServerFrame {
+                frame: Some(server_frame::Frame::Start(start)),
+            })) = first
+            else {
+                return;
+            };
+            self.active.fetch_add(1, Ordering::Relaxed);
+            let short = self.min_idle.saturating_sub(idle_left) + u32::from(idle_left == 0);
+            // Without reuse the claimed stream is gone for good.
+            self.open(if self.reuse { short } else { short.max(1) });
+            let span = debug_span!("exchange", id = %start.exchange_id, method = %start.method);
+            let clean = exchange::run(&self.local, start, &mut inbound, &tx, self.inline_body)
+                .instrument(span)
+                .await;
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            if !(clean && self.reuse) || self.stop.is_cancelled() {
+                if clean {
+                    // Dropping our half now would reset the HTTP/2 stream
+                    // and discard frames still queued on it: wait for the
+                    // server to close its side first.
+                    let drain = async { while let Ok(Some(_)) = inbound.message().await {} };
+                    let _ = tokio::time::timeout(LINGER, drain).await;
+                }
+                return;
+            }
+            self.idle.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }

@@ -11,7 +11,9 @@
 //! - [`legacy_meta`]: legacy metadata keys and `header_<Name>` mapping.
 //! - [`headers`]: HTTP header <-> wire conversion and hop-by-hop filtering.
 //! - [`limits`]: frame sizes, windows and timeouts shared by both ends.
+//! - [`codec`]: the protobuf codec with small per-call buffers.
 
+pub mod codec;
 pub mod headers;
 pub mod legacy_meta;
 pub mod limits;
@@ -43,4 +45,14 @@ pub mod capabilities {
     pub const UPGRADE: &str = "upgrade";
     /// The agent can renew its certificate over the tunnel.
     pub const RENEW: &str = "renew";
+    /// An Exchange stream whose exchange ended cleanly carries the next one
+    /// (see `tunnel.proto`).
+    pub const STREAM_REUSE: &str = "stream-reuse";
+    /// Small bodies of known length travel inside the start frames.
+    pub const INLINE_BODY: &str = "inline-body";
+
+    /// True when `list` (the peer's capabilities) contains `capability`.
+    pub fn has(list: &[String], capability: &str) -> bool {
+        list.iter().any(|c| c == capability)
+    }
 }

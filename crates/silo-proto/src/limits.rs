@@ -12,6 +12,10 @@ use std::time::Duration;
 /// copying) so frames stay bounded whatever the backend hands us.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 
+/// Bodies of known length up to this size travel inside the start frame
+/// (capability "inline-body"): a small exchange is one message each way.
+pub const MAX_INLINE_BODY_BYTES: u64 = 64 * 1024;
+
 /// Largest gRPC message either end accepts on the native protocol.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
@@ -29,7 +33,7 @@ pub const FRAME_QUEUE: usize = 4;
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Standby exchange streams an agent keeps open at least.
-pub const MIN_STANDBY_STREAMS: u32 = 4;
+pub const MIN_STANDBY_STREAMS: u32 = 2;
 
 /// Upper bound of concurrent exchanges (and thus streams) per agent.
 pub const MAX_CONCURRENT_EXCHANGES: u32 = 512;

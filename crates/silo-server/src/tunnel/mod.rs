@@ -14,7 +14,7 @@ pub mod session;
 use crate::agent::{AgentConnection, AgentInfo, CloseReason, Protocol};
 use crate::state::ServerState;
 use crate::tls::identity;
-use session::{NativeSession, Standby};
+use session::{AgentCaps, NativeSession, Standby};
 use silo_proto::limits::{
     FRAME_QUEUE, HELLO_TIMEOUT, MAX_CHUNK_BYTES, MAX_CONCURRENT_EXCHANGES, MIN_STANDBY_STREAMS,
 };
@@ -140,6 +140,7 @@ impl Tunnel for TunnelService {
             self.state.in_flight.clone(),
         );
         session.peer_cert = peer_cert;
+        session.caps = AgentCaps::from_hello(&hello.capabilities);
         let session = Arc::new(session);
         let span =
             info_span!("session", agent_id = %agent_id, session = %&session.info.session_id[..8]);
@@ -164,6 +165,7 @@ impl Tunnel for TunnelService {
             assigned_port: attached.map_or(0, u32::from),
             limits: Some(self.limits()),
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
+            capabilities: session::server_capabilities(),
         };
         tx.send(msg(server_message::Msg::Welcome(welcome)))
             .await

@@ -24,6 +24,30 @@ pub(crate) struct Standby {
     pub inbound: Streaming<AgentFrame>,
 }
 
+/// Optional protocol behaviour the agent announced in its hello; the
+/// server uses each only when the agent listed it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct AgentCaps {
+    pub stream_reuse: bool,
+    pub inline_body: bool,
+}
+
+impl AgentCaps {
+    pub(crate) fn from_hello(list: &[String]) -> Self {
+        use silo_proto::capabilities::{INLINE_BODY, STREAM_REUSE, has};
+        Self {
+            stream_reuse: has(list, STREAM_REUSE),
+            inline_body: has(list, INLINE_BODY),
+        }
+    }
+}
+
+/// Capabilities the server lists in its welcome.
+pub(crate) fn server_capabilities() -> Vec<String> {
+    use silo_proto::capabilities::{INLINE_BODY, STREAM_REUSE};
+    vec![STREAM_REUSE.to_owned(), INLINE_BODY.to_owned()]
+}
+
 /// Limits applied to every exchange.
 #[derive(Clone, Debug)]
 pub struct ExchangeSettings {
@@ -38,6 +62,7 @@ pub struct NativeSession {
     /// DER of the client certificate the session was opened with: exchange
     /// streams presenting the same bytes need no second parse.
     pub(crate) peer_cert: Option<Vec<u8>>,
+    pub(crate) caps: AgentCaps,
     pub(crate) settings: Arc<ExchangeSettings>,
     pub(crate) in_flight: Arc<InFlight>,
     pub(crate) server_in_flight: Arc<InFlight>,
@@ -54,6 +79,7 @@ impl NativeSession {
     ) -> Self {
         Self {
             peer_cert: None,
+            caps: AgentCaps::default(),
             liveness: SessionLiveness::default(),
             info,
             settings,
