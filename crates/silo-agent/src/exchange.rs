@@ -127,7 +127,7 @@ pub async fn run(
 /// last frame (`End`, a complete head or an error) is queued.
 async fn serve(
     local: &LocalService,
-    start: RequestStart,
+    mut start: RequestStart,
     data_rx: mpsc::Receiver<Bytes>,
     tx: &FrameTx,
     cancel: &CancellationToken,
@@ -142,7 +142,7 @@ async fn serve(
         (body.boxed_unsync(), None)
     } else if !start.body.is_empty() {
         (
-            Full::new(start.body.clone())
+            Full::new(std::mem::take(&mut start.body))
                 .map_err(|never| match never {})
                 .boxed_unsync(),
             None,
@@ -153,7 +153,7 @@ async fn serve(
             Some(data_rx),
         )
     };
-    let req = match local.build_request(&start, body) {
+    let req = match local.build_request(start, body) {
         Ok(r) => r,
         Err(e) => {
             return tx

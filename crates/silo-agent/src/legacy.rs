@@ -181,7 +181,7 @@ async fn replay(local: &LocalService, msg: ProxyMessage) -> Result<ProxyMessage,
     let body = Full::new(msg.payload)
         .map_err(|never| match never {})
         .boxed_unsync();
-    let req = local.build_request(&start, body)?;
+    let req = local.build_request(start, body)?;
     let resp = local.send(req).await?;
     let (mut parts, body) = resp.into_parts();
     let body = Limited::new(body, MAX_RESPONSE_BODY)

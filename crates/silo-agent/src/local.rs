@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper_util::client::legacy::Client;
@@ -20,6 +21,11 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 pub struct LocalService {
     base: Uri,
+    /// `http://host:port` of `base`, and its path without the trailing
+    /// slash: every request URI is these two plus the forwarded path.
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    base_path: String,
     client: Client<HttpConnector, LocalBody>,
 }
 
@@ -32,7 +38,16 @@ impl LocalService {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Self { base, client }
+        Self {
+            scheme: base.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
+            authority: base
+                .authority()
+                .cloned()
+                .unwrap_or_else(|| http::uri::Authority::from_static("localhost")),
+            base_path: base.path().trim_end_matches('/').to_owned(),
+            base,
+            client,
+        }
     }
 
     pub fn url(&self) -> &Uri {
@@ -41,37 +56,45 @@ impl LocalService {
 
     /// The request for the local service: its URL joined with the
     /// forwarded path, headers kept in order minus hop-by-hop ones, `Host`
-    /// set by the client from the URL, and `X-Forwarded-*` added.
+    /// set by the client from the URL, and `X-Forwarded-*` added. Takes the
+    /// head by value so headers and path move instead of being copied.
     pub fn build_request(
         &self,
-        start: &RequestStart,
+        start: RequestStart,
         body: LocalBody,
     ) -> Result<Request<LocalBody>, String> {
-        let base_path = self.base.path().trim_end_matches('/');
-        let pq = if start.path_and_query.starts_with('/') {
-            start.path_and_query.clone()
-        } else {
-            format!("/{}", start.path_and_query)
-        };
-        let authority = self
-            .base
-            .authority()
-            .map(|a| a.as_str())
-            .unwrap_or("localhost");
-        let uri: Uri = format!("http://{authority}{base_path}{pq}")
-            .parse()
-            .map_err(|e| format!("invalid request path: {e}"))?;
+        let path_and_query = self.join_path(start.path_and_query)?;
+        let uri = Uri::from_parts({
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(self.scheme.clone());
+            parts.authority = Some(self.authority.clone());
+            parts.path_and_query = Some(path_and_query);
+            parts
+        })
+        .map_err(|e| format!("invalid request path: {e}"))?;
         let method = http::Method::from_bytes(start.method.as_bytes())
             .map_err(|_| "invalid method".to_owned())?;
-        let mut headers = silo_proto::headers::from_wire(start.headers.clone());
+        let mut headers = silo_proto::headers::from_wire(start.headers);
         silo_proto::headers::strip_hop_by_hop(&mut headers, start.upgrade);
         headers.remove(header::HOST);
-        add_forwarded(&mut headers, start);
+        add_forwarded(&mut headers, &start.client_addr, &start.scheme, &start.host);
         let mut req = Request::new(body);
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
         Ok(req)
+    }
+
+    fn join_path(&self, forwarded: String) -> Result<PathAndQuery, String> {
+        let joined = if self.base_path.is_empty() && forwarded.starts_with('/') {
+            forwarded
+        } else if forwarded.starts_with('/') {
+            format!("{}{forwarded}", self.base_path)
+        } else {
+            format!("{}/{forwarded}", self.base_path)
+        };
+        PathAndQuery::from_maybe_shared(Bytes::from(joined))
+            .map_err(|e| format!("invalid request path: {e}"))
     }
 
     pub async fn send(
@@ -88,26 +111,23 @@ impl LocalService {
     }
 }
 
-fn add_forwarded(headers: &mut HeaderMap, start: &RequestStart) {
-    if !start.client_addr.is_empty() {
+fn add_forwarded(headers: &mut HeaderMap, client_addr: &str, scheme: &str, host: &str) {
+    if !client_addr.is_empty() {
         let prior: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
         let chain = if prior.is_empty() {
-            start.client_addr.clone()
+            client_addr.to_owned()
         } else {
-            format!("{}, {}", prior.join(", "), start.client_addr)
+            format!("{}, {client_addr}", prior.join(", "))
         };
         if let Ok(v) = HeaderValue::from_str(&chain) {
             headers.insert(X_FORWARDED_FOR, v);
         }
     }
-    for (name, value) in [
-        (X_FORWARDED_PROTO, &start.scheme),
-        (X_FORWARDED_HOST, &start.host),
-    ] {
+    for (name, value) in [(X_FORWARDED_PROTO, scheme), (X_FORWARDED_HOST, host)] {
         if let Ok(v) = HeaderValue::from_str(value)
             && !value.is_empty()
         {
@@ -164,7 +184,7 @@ mod tests {
         let local = LocalService::new("http://127.0.0.1:3000/app/".parse().unwrap());
         let req = local
             .build_request(
-                &start(
+                start(
                     "/x/y?q=1",
                     &[
                         ("host", "public.example"),

@@ -131,6 +131,12 @@ impl StandbyPool {
                 frame: Some(server_frame::Frame::Start(start)),
             })) = first
             else {
+                // The server closed or cancelled a stream it was not using
+                // (say, after an exchange it chose not to reuse): keep
+                // `min_idle` others ready, or its next request would wait.
+                if !self.stop.is_cancelled() {
+                    self.fill();
+                }
                 return;
             };
             self.active.fetch_add(1, Ordering::Relaxed);

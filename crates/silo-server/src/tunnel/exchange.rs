@@ -1,60 +1,29 @@
 //! The server half of one native exchange: request head and body out on a
-//! claimed standby stream, response head and body back, and the upgraded
-//! byte stream after a `101`.
+//! claimed standby stream, then the response head; the response body is in
+//! [`super::response`], the upgraded byte stream in [`super::upgrade`].
 
+use super::response::{AgentBody, CancelOnDrop, Reuse};
 use super::session::{FrameTx, NativeSession, Standby};
-use crate::agent::{BoxError, ProxyBody, ProxyError, ProxyRequest};
+use crate::agent::{ProxyBody, ProxyError, ProxyRequest};
 use crate::inflight::InFlightGuard;
-use bytes::{Bytes, BytesMut};
-use futures_util::Stream;
+use bytes::Bytes;
 use http::{Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
 use silo_proto::headers;
 use silo_proto::limits::{MAX_CHUNK_BYTES, MAX_INLINE_BODY_BYTES};
 use silo_proto::v1::{
     AgentFrame, Cancel, End, RequestStart, ServerFrame, agent_frame, exchange_error, server_frame,
 };
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::{Instant, Sleep, sleep_until, timeout_at};
-use tonic::{Status, Streaming};
+use tokio::time::{Instant, timeout_at};
+use tonic::Status;
 use tracing::debug;
 
 pub(crate) fn frame(f: server_frame::Frame) -> Result<ServerFrame, Status> {
     Ok(ServerFrame { frame: Some(f) })
-}
-
-/// Tells the agent to abort unless the exchange finished first. Held by
-/// whatever part of the exchange lives longest (the response body, the
-/// upgrade pump), so a user who goes away cancels the agent's request.
-struct CancelOnDrop {
-    tx: FrameTx,
-    finished: bool,
-}
-
-impl CancelOnDrop {
-    fn finish(&mut self) {
-        self.finished = true;
-    }
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if !self.finished {
-            let cancel = Cancel {
-                reason: "the user went away".into(),
-            };
-            // Best effort: if the queue is full, dropping the last sender
-            // ends the stream, which the agent also takes as a cancel.
-            let _ = self.tx.try_send(frame(server_frame::Frame::Cancel(cancel)));
-        }
-    }
 }
 
 pub(crate) async fn forward(
@@ -96,7 +65,7 @@ pub(crate) async fn forward(
         has_body = false;
     }
     let mut start = Some(RequestStart {
-        exchange_id: uuid::Uuid::new_v4().to_string(),
+        exchange_id: session.next_exchange_id(),
         method: parts.method.to_string(),
         path_and_query: parts
             .uri
@@ -138,11 +107,10 @@ pub(crate) async fn forward(
             }
         }
     };
-    let mut guard = CancelOnDrop {
-        tx: tx.clone(),
-        finished: false,
-    };
-    let request_sent = Arc::new(AtomicBool::new(!has_body));
+    let mut guard = CancelOnDrop::new(tx.clone());
+    // After an upgrade request the agent waits for our `End` even when the
+    // local service declines the upgrade: such a stream is never reused.
+    let request_sent = Arc::new(AtomicBool::new(!has_body && !upgrade));
     if let Some(body) = body.filter(|_| has_body) {
         tokio::spawn(pump_request_body(
             body,
@@ -204,7 +172,7 @@ pub(crate) async fn forward(
 
     let body = match (switching, on_upgrade) {
         (true, Some(on_upgrade)) => {
-            tokio::spawn(pump_upgraded(
+            tokio::spawn(super::upgrade::pump_upgraded(
                 on_upgrade,
                 inbound,
                 tx,
@@ -219,15 +187,14 @@ pub(crate) async fn forward(
             reuse.release(inbound);
             crate::agent::full(head.body)
         }
-        _ => AgentBody {
-            inbound: Some(inbound),
-            reuse: Some(reuse),
+        _ => AgentBody::new(
+            inbound,
+            reuse,
             guard,
-            idle: settings.idle_timeout,
-            idle_timer: Box::pin(tokio::time::sleep(settings.idle_timeout)),
-            done: false,
-            _in_flight: in_flight,
-        }
+            &resp_headers,
+            settings.idle_timeout,
+            in_flight,
+        )
         .boxed_unsync(),
     };
     let mut resp = Response::new(body);
@@ -247,35 +214,6 @@ async fn read_small_body(body: hyper::body::Incoming, idle: Duration) -> Result<
         Err(_) => Err(ProxyError::BadRequest(
             "request body idle for proxy.idle_timeout_seconds".into(),
         )),
-    }
-}
-
-/// What it takes to hand a claimed stream back to the session's standby
-/// pool once its exchange ended cleanly (capability "stream-reuse").
-struct Reuse {
-    session: Arc<NativeSession>,
-    tx: FrameTx,
-    /// Set once the request's last frame is queued (at once without a
-    /// streamed body).
-    request_sent: Arc<AtomicBool>,
-}
-
-impl Reuse {
-    /// Called when the agent's last frame of the exchange arrived. The
-    /// stream goes back only when the request side also ended cleanly, so
-    /// both ends agree it sits between exchanges; otherwise it is dropped.
-    fn release(self, inbound: Streaming<AgentFrame>) {
-        let session = &self.session;
-        if session.caps.stream_reuse
-            && self.request_sent.load(Ordering::Acquire)
-            && !self.tx.is_closed()
-            && !session.liveness.cancel.is_cancelled()
-        {
-            session.add_standby(Standby {
-                tx: self.tx,
-                inbound,
-            });
-        }
     }
 }
 
@@ -355,149 +293,5 @@ async fn pump_body_frames(
             .send(frame(server_frame::Frame::Cancel(Cancel { reason })))
             .await;
         return false;
-    }
-}
-
-/// The response body as the agent streams it.
-struct AgentBody {
-    /// Taken when the body ends cleanly, to go back to the standby pool.
-    inbound: Option<Streaming<AgentFrame>>,
-    reuse: Option<Reuse>,
-    guard: CancelOnDrop,
-    idle: Duration,
-    idle_timer: Pin<Box<Sleep>>,
-    done: bool,
-    _in_flight: InFlightGuard,
-}
-
-impl Body for AgentBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        loop {
-            let Some(inbound) = this.inbound.as_mut().filter(|_| !this.done) else {
-                return Poll::Ready(None);
-            };
-            let next = match Pin::new(inbound).poll_next(cx) {
-                Poll::Ready(next) => next,
-                Poll::Pending => {
-                    ready!(this.idle_timer.as_mut().poll(cx));
-                    this.done = true;
-                    return Poll::Ready(Some(Err(
-                        "response body idle for proxy.idle_timeout_seconds".into(),
-                    )));
-                }
-            };
-            let idle = this.idle;
-            this.idle_timer.as_mut().reset(Instant::now() + idle);
-            let result = match next {
-                Some(Ok(AgentFrame {
-                    frame: Some(agent_frame::Frame::Data(data)),
-                })) => {
-                    if data.is_empty() {
-                        continue;
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Ok(AgentFrame {
-                    frame: Some(agent_frame::Frame::End(_)),
-                })) => {
-                    this.done = true;
-                    this.guard.finish();
-                    if let (Some(inbound), Some(reuse)) = (this.inbound.take(), this.reuse.take()) {
-                        reuse.release(inbound);
-                    }
-                    return Poll::Ready(None);
-                }
-                Some(Ok(AgentFrame {
-                    frame: Some(agent_frame::Frame::Error(e)),
-                })) => Some(Err(format!(
-                    "local service failed mid-response: {}",
-                    e.message
-                )
-                .into())),
-                Some(Ok(_)) => Some(Err("agent sent an unexpected frame".into())),
-                Some(Err(status)) => {
-                    Some(Err(
-                        format!("tunnel stream failed: {}", status.message()).into()
-                    ))
-                }
-                None => Some(Err("agent closed the exchange mid-response".into())),
-            };
-            this.done = true;
-            this.guard.finish();
-            return Poll::Ready(result);
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
-}
-
-use std::future::Future;
-
-/// After `101 Switching Protocols`: raw bytes both ways until either side
-/// ends or nothing moves for the idle timeout.
-async fn pump_upgraded(
-    on_upgrade: hyper::upgrade::OnUpgrade,
-    mut inbound: Streaming<AgentFrame>,
-    tx: FrameTx,
-    mut guard: CancelOnDrop,
-    idle: Duration,
-    _in_flight: InFlightGuard,
-) {
-    let Ok(upgraded) = on_upgrade.await else {
-        return;
-    };
-    let mut io = TokioIo::new(upgraded);
-    let mut buf = BytesMut::with_capacity(MAX_CHUNK_BYTES);
-    let (mut user_open, mut agent_open) = (true, true);
-    let mut deadline = Instant::now() + idle;
-    while user_open || agent_open {
-        tokio::select! {
-            read = io.read_buf(&mut buf), if user_open => match read {
-                Ok(0) | Err(_) => {
-                    user_open = false;
-                    let _ = tx.send(frame(server_frame::Frame::End(End {}))).await;
-                }
-                Ok(_) => {
-                    let chunk = buf.split().freeze();
-                    if tx.send(frame(server_frame::Frame::Data(chunk))).await.is_err() {
-                        break;
-                    }
-                    buf.reserve(MAX_CHUNK_BYTES);
-                }
-            },
-            msg = inbound.message(), if agent_open => match msg {
-                Ok(Some(AgentFrame { frame: Some(agent_frame::Frame::Data(data)) })) => {
-                    if io.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(Some(AgentFrame { frame: Some(agent_frame::Frame::End(_)) })) => {
-                    agent_open = false;
-                    let _ = io.shutdown().await;
-                }
-                _ => break,
-            },
-            _ = sleep_until(deadline) => {
-                debug!("upgraded stream idle for proxy.idle_timeout_seconds; closing");
-                break;
-            }
-        }
-        deadline = Instant::now() + idle;
-    }
-    if !user_open && !agent_open {
-        guard.finish();
     }
 }

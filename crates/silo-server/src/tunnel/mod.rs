@@ -4,12 +4,16 @@
 //! - this file: the gRPC handlers — hello/welcome, heartbeats, stale
 //!   eviction and session teardown; standby stream registration.
 //! - [`session`]: per-session state and the standby pool.
-//! - [`exchange`]: forwarding one HTTP exchange over a standby stream.
+//! - [`exchange`]: forwarding one HTTP exchange over a standby stream;
+//!   [`response`]: its response body and stream reuse; [`upgrade`]: the
+//!   byte stream after a `101`.
 //! - [`renew`]: certificate renewal authorised by the connection.
 
 mod exchange;
 mod renew;
+mod response;
 pub mod session;
+mod upgrade;
 
 use crate::agent::{AgentConnection, AgentInfo, CloseReason, Protocol};
 use crate::state::ServerState;

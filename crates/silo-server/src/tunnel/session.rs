@@ -9,6 +9,7 @@ use crate::liveness::SessionLiveness;
 use http::Response;
 use silo_proto::v1::{AgentFrame, ServerFrame};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -69,6 +70,7 @@ pub struct NativeSession {
     pub(crate) liveness: SessionLiveness,
     standby: Mutex<VecDeque<Standby>>,
     standby_ready: Notify,
+    exchanges_started: AtomicU64,
 }
 
 impl NativeSession {
@@ -87,7 +89,15 @@ impl NativeSession {
             server_in_flight,
             standby: Mutex::new(VecDeque::new()),
             standby_ready: Notify::new(),
+            exchanges_started: AtomicU64::new(0),
         }
+    }
+
+    /// A short id for the agent's logs, unique within the session (the
+    /// session id names the session); no random bytes on the hot path.
+    pub(crate) fn next_exchange_id(&self) -> String {
+        let n = self.exchanges_started.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{}-{n}", &self.info.session_id[..8])
     }
 
     pub(crate) fn add_standby(&self, standby: Standby) {
