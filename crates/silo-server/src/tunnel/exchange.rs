@@ -19,11 +19,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::time::{Instant, timeout_at};
-use tonic::Status;
 use tracing::debug;
 
-pub(crate) fn frame(f: server_frame::Frame) -> Result<ServerFrame, Status> {
-    Ok(ServerFrame { frame: Some(f) })
+pub(crate) fn frame(f: server_frame::Frame) -> Box<ServerFrame> {
+    Box::new(ServerFrame { frame: Some(f) })
 }
 
 pub(crate) async fn forward(
@@ -98,9 +97,9 @@ pub(crate) async fn forward(
         {
             Ok(()) => break standby,
             Err(mpsc_err) => {
-                if let Ok(ServerFrame {
+                if let ServerFrame {
                     frame: Some(server_frame::Frame::Start(head)),
-                }) = mpsc_err.0
+                } = *mpsc_err.0
                 {
                     start = Some(head);
                 }

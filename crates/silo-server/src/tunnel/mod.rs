@@ -10,6 +10,7 @@
 //! - [`renew`]: certificate renewal authorised by the connection.
 
 mod exchange;
+mod outbound;
 mod renew;
 mod response;
 pub mod session;
@@ -18,6 +19,7 @@ mod upgrade;
 use crate::agent::{AgentConnection, AgentInfo, CloseReason, Protocol};
 use crate::state::ServerState;
 use crate::tls::identity;
+use outbound::{Outbound, OutboundStream};
 use session::{AgentCaps, NativeSession, Standby};
 use silo_proto::limits::{
     FRAME_QUEUE, HELLO_TIMEOUT, MAX_CHUNK_BYTES, MAX_CONCURRENT_EXCHANGES, MIN_STANDBY_STREAMS,
@@ -32,8 +34,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -84,14 +84,14 @@ async fn read_hello(inbound: &mut Streaming<AgentMessage>) -> Result<Hello, Stat
     }
 }
 
-fn msg(m: server_message::Msg) -> Result<ServerMessage, Status> {
-    Ok(ServerMessage { msg: Some(m) })
+fn msg(m: server_message::Msg) -> Box<ServerMessage> {
+    Box::new(ServerMessage { msg: Some(m) })
 }
 
 #[tonic::async_trait]
 impl Tunnel for TunnelService {
-    type SessionStream = ReceiverStream<Result<ServerMessage, Status>>;
-    type ExchangeStream = ReceiverStream<Result<ServerFrame, Status>>;
+    type SessionStream = OutboundStream<ServerMessage>;
+    type ExchangeStream = OutboundStream<ServerFrame>;
 
     async fn session(
         &self,
@@ -161,7 +161,7 @@ impl Tunnel for TunnelService {
             .insert(session.info.session_id.clone(), session.clone());
         info!(parent: &span, remote = ?remote_addr, port = ?attached, version = %hello.agent_version, "agent connected");
 
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = outbound::channel(8);
         let welcome = Welcome {
             protocol_version: PROTOCOL_VERSION,
             session_id: session.info.session_id.clone(),
@@ -195,7 +195,7 @@ impl Tunnel for TunnelService {
             }
             .instrument(span),
         );
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(rx))
     }
 
     async fn renew(
@@ -239,13 +239,13 @@ impl Tunnel for TunnelService {
                 "the session belongs to another agent",
             ));
         }
-        let (tx, rx) = mpsc::channel(FRAME_QUEUE);
+        let (tx, rx) = outbound::channel(FRAME_QUEUE);
         tracing::debug!(agent_id = %session.info.agent_id, "standby stream registered");
         session.add_standby(Standby {
             tx,
             inbound: request.into_inner(),
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(rx))
     }
 }
 
@@ -254,7 +254,7 @@ impl Tunnel for TunnelService {
 async fn run_session(
     session: &NativeSession,
     mut inbound: Streaming<AgentMessage>,
-    tx: &mpsc::Sender<Result<ServerMessage, Status>>,
+    tx: &Outbound<ServerMessage>,
     stale_after: Duration,
 ) {
     let mut check = tokio::time::interval(stale_after / 4);

@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
-use tokio::sync::{Notify, mpsc};
-use tonic::{Status, Streaming};
+use tokio::sync::Notify;
+use tonic::Streaming;
 
-pub(crate) type FrameTx = mpsc::Sender<Result<ServerFrame, Status>>;
+pub(crate) type FrameTx = super::outbound::Outbound<ServerFrame>;
 
 /// An Exchange stream the agent opened in advance; the server claims it by
 /// sending the request head as its first frame.
