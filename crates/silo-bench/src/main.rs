@@ -10,14 +10,14 @@ mod backend;
 mod big;
 mod idle;
 mod loadgen;
+mod peers;
 mod procs;
 mod provision;
 mod report;
+mod small;
 
 use clap::{Parser, ValueEnum};
-use loadgen::{Kind, Load};
-use report::{Row, Target, median};
-use std::collections::HashMap;
+use report::{Row, Target};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -62,6 +62,13 @@ struct Cli {
     /// Command prefix for the agent.
     #[arg(long)]
     agent_wrapper: Option<String>,
+    /// Where to look for peer tunnels (`bore`, `rathole`) [default: PATH;
+    /// with --quick, peers run only when this is given].
+    #[arg(long)]
+    peers_dir: Option<PathBuf>,
+    /// Do not run peer tunnels even when installed.
+    #[arg(long)]
+    no_peers: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
@@ -80,53 +87,6 @@ enum Workload {
     Idle,
     /// CSR signings per second.
     Provision,
-}
-
-struct Small {
-    workload: Workload,
-    name: &'static str,
-    conns: usize,
-    kind: Kind,
-}
-
-const SMALL: [Small; 4] = [
-    Small {
-        workload: Workload::Small64,
-        name: "GET 100 B @64 conns",
-        conns: 64,
-        kind: Kind::Get("/small"),
-    },
-    Small {
-        workload: Workload::Small1,
-        name: "GET 100 B @1 conn",
-        conns: 1,
-        kind: Kind::Get("/small"),
-    },
-    Small {
-        workload: Workload::Download,
-        name: "GET 10 MiB @4 conns",
-        conns: 4,
-        kind: Kind::Get("/bytes?n=10485760"),
-    },
-    Small {
-        workload: Workload::Echo,
-        name: "POST 4 KiB echo @16 conns",
-        conns: 16,
-        kind: Kind::Post("/echo", 4096),
-    },
-];
-
-/// Per-run figures of one small workload on one path.
-#[derive(Default)]
-struct Samples {
-    rps: Vec<f64>,
-    mbps: Vec<f64>,
-    p50: Vec<f64>,
-    p99: Vec<f64>,
-    /// CPU µs of the server and of the agent per tunnelled request.
-    server_us: Vec<f64>,
-    agent_us: Vec<f64>,
-    errors: u64,
 }
 
 #[tokio::main]
@@ -163,8 +123,9 @@ async fn main() -> anyhow::Result<()> {
     let machine = report::machine();
     let mut rows = Vec::new();
     let started = std::time::Instant::now();
+    let mut peer_table = None;
 
-    if SMALL.iter().any(|s| selected(s.workload)) || selected(Workload::Big) {
+    if small::SMALL.iter().any(|s| selected(s.workload)) || selected(Workload::Big) {
         let backend = backend::spawn().await?;
         eprintln!("backend on {backend}; starting server and agent (mTLS)");
         let (server, agent) = tokio::task::block_in_place(|| {
@@ -174,100 +135,30 @@ async fn main() -> anyhow::Result<()> {
         })?;
         let tunnel = SocketAddr::from(([127, 0, 0, 1], agent.port));
         eprintln!("agent connected; tunnel on {tunnel}");
-        let smalls: Vec<&Small> = SMALL.iter().filter(|s| selected(s.workload)).collect();
-        let warmup = Duration::from_secs_f64((duration.as_secs_f64() / 4.0).clamp(0.25, 1.0));
-        let mut samples: HashMap<(&str, bool), Samples> = HashMap::new();
-        for round in 0..rounds {
-            for s in &smalls {
-                // Alternate which path goes first so drift hits both alike.
-                for through in if round % 2 == 0 {
-                    [false, true]
-                } else {
-                    [true, false]
-                } {
-                    let target = if through { tunnel } else { backend };
-                    let cpu = || (server.proc.cpu_secs(), agent.proc.cpu_secs());
-                    let before = cpu();
-                    let o = loadgen::run(Load {
-                        target,
-                        conns: s.conns,
-                        kind: s.kind,
-                        warmup,
-                        duration,
-                    })
-                    .await?;
-                    let after = cpu();
-                    let e = samples.entry((s.name, through)).or_default();
-                    if through {
-                        let per = |a: f64, b: f64| (b - a) * 1e6 / o.completed.max(1) as f64;
-                        e.server_us.push(per(before.0, after.0));
-                        e.agent_us.push(per(before.1, after.1));
-                    }
-                    e.rps.push(o.req_per_sec());
-                    e.mbps.push(o.mb_per_sec());
-                    e.p50.push(o.percentile_ms(50.0));
-                    e.p99.push(o.percentile_ms(99.0));
-                    e.errors += o.errors;
-                    eprintln!(
-                        "  round {}/{rounds} {:<26} {:<6} {:>9.0} req/s {:>8.1} MB/s p50 {:.2} ms p99 {:.2} ms{}",
-                        round + 1,
-                        s.name,
-                        if through { "tunnel" } else { "direct" },
-                        o.req_per_sec(),
-                        o.mb_per_sec(),
-                        o.percentile_ms(50.0),
-                        o.percentile_ms(99.0),
-                        if o.errors > 0 {
-                            format!(" ({} errors)", o.errors)
-                        } else {
-                            String::new()
-                        }
-                    );
-                }
-            }
-        }
-        for s in &smalls {
-            let (d, t) = (&samples[&(s.name, false)], &samples[&(s.name, true)]);
-            let pair = |metric: &str, dec: usize, f: fn(&Samples) -> &Vec<f64>| {
-                Row::new(s.name, metric, dec).pair(median(f(d)), median(f(t)))
-            };
-            match s.workload {
-                Workload::Small64 => {
-                    rows.push(pair("req/s", 0, |x| &x.rps).target(Target::RatioAtLeast(0.55)));
-                    rows.push(pair("p50 ms", 2, |x| &x.p50));
-                    rows.push(pair("p99 ms", 2, |x| &x.p99).target(Target::RatioAtMost(2.0)));
-                }
-                Workload::Small1 => {
-                    rows.push(pair("req/s", 0, |x| &x.rps).target(Target::RatioAtLeast(0.40)));
-                    rows.push(pair("p50 ms", 3, |x| &x.p50));
-                    rows.push(pair("p99 ms", 3, |x| &x.p99));
-                }
-                Workload::Download => {
-                    rows.push(pair("MB/s", 0, |x| &x.mbps).target(Target::RatioAtLeast(0.50)));
-                }
-                _ => {
-                    rows.push(pair("req/s", 0, |x| &x.rps).target(Target::RatioAtLeast(0.50)));
-                    rows.push(pair("p99 ms", 2, |x| &x.p99).target(Target::RatioAtMost(2.0)));
-                }
-            }
-            // Noise-robust: what the tunnel costs per request, whatever else
-            // the machine is doing.
-            // Bulk transfers per MB (10 MiB = 10.49 MB per request).
-            let (unit, per) = match s.workload {
-                Workload::Download => ("MB", 10.485_76),
-                _ => ("request", 1.0),
-            };
-            for (who, v) in [("server", &t.server_us), ("agent", &t.agent_us)] {
-                let metric = format!("{who} CPU µs/{unit}");
-                rows.push(Row::new(s.name, &metric, 0).only(median(v) / per));
-            }
-            if d.errors + t.errors > 0 {
-                eprintln!(
-                    "  warning: {}: {} direct / {} tunnel errors",
-                    s.name, d.errors, t.errors
-                );
-            }
-        }
+        let smalls: Vec<&small::Small> = small::SMALL
+            .iter()
+            .filter(|s| selected(s.workload))
+            .collect();
+        // Peers add a path per workload: --quick stays under a minute
+        // without them unless asked.
+        let skip_peers = cli.no_peers || (cli.quick && cli.peers_dir.is_none());
+        let peers = if skip_peers || smalls.is_empty() {
+            Vec::new()
+        } else {
+            tokio::task::block_in_place(|| {
+                peers::start_all(&dir.path().join("peers"), cli.peers_dir.as_deref(), backend)
+            })
+        };
+        let paths = small::Paths {
+            backend,
+            tunnel,
+            server: &server,
+            agent: &agent,
+            peers: &peers,
+        };
+        let (small_rows, table) = small::run(&smalls, paths, rounds, duration).await?;
+        rows.extend(small_rows);
+        peer_table = table;
         if selected(Workload::Big) {
             let big_rounds = rounds.min(3);
             rows.extend(big::run(backend, tunnel, &server, &agent, big_bytes, big_rounds).await?);
@@ -313,6 +204,13 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         report::table(&rows)
     );
+    let text = match &peer_table {
+        Some(t) => format!(
+            "{text}\nOther tunnels on the same backend and load (medians; ratio to direct in \
+             brackets; CPU = both processes of the tunnel):\n\n{t}"
+        ),
+        None => text,
+    };
     println!("{text}");
     if let Some(out) = &cli.out {
         std::fs::write(out, &text)?;

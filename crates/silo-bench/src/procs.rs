@@ -64,20 +64,30 @@ impl Proc {
         if let Some(n) = launch.workers {
             cmd.env("TOKIO_WORKER_THREADS", n.to_string());
         }
+        cmd.arg("--config").arg(config);
+        Self::spawn_command(name, cmd, dir, &log)
+    }
+
+    /// Starts `cmd` in `dir` with its stdout and stderr in `log`.
+    pub fn spawn_command(
+        name: &'static str,
+        mut cmd: Command,
+        dir: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let out = std::fs::File::create(log)?;
         let child = cmd
-            .arg("--config")
-            .arg(config)
             .current_dir(dir)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
+            .stdout(out.try_clone()?)
+            .stderr(out)
             .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
         Ok(Self {
             name,
             pid: child.id(),
             child,
-            log,
+            log: log.to_owned(),
         })
     }
 
@@ -171,7 +181,7 @@ pub fn reset_peak(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

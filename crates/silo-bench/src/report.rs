@@ -104,6 +104,66 @@ pub fn table(rows: &[Row]) -> String {
     s
 }
 
+/// One figure on every path: direct first, then each tunnel.
+#[derive(Debug)]
+pub struct Compare {
+    pub workload: String,
+    pub metric: String,
+    pub decimals: usize,
+    pub values: Vec<f64>,
+    /// Show the tunnel values without "(ratio×)" (CPU: direct has none).
+    pub ratio: bool,
+}
+
+impl Compare {
+    pub fn new(workload: &str, metric: &str, decimals: usize, values: Vec<f64>) -> Self {
+        Self {
+            workload: workload.into(),
+            metric: metric.into(),
+            decimals,
+            values,
+            ratio: true,
+        }
+    }
+
+    pub fn without_ratio(mut self) -> Self {
+        self.ratio = false;
+        self
+    }
+}
+
+/// Direct next to each tunnel in `labels`, with ratios to direct.
+pub fn compare_table(labels: &[&str], rows: &[Compare]) -> String {
+    let mut s = String::from("| workload | metric | direct |");
+    for l in labels {
+        let _ = write!(s, " {l} |");
+    }
+    s.push_str("\n|---|---|---:|");
+    s.push_str(&"---:|".repeat(labels.len()));
+    s.push('\n');
+    for r in rows {
+        let direct = r.values.first().copied().filter(|v| !v.is_nan());
+        let _ = write!(
+            s,
+            "| {} | {} | {} |",
+            r.workload,
+            r.metric,
+            fmt(direct, r.decimals)
+        );
+        for v in r.values.iter().skip(1) {
+            let cell = match direct {
+                Some(d) if r.ratio && v.is_finite() => {
+                    format!("{} ({:.2}×)", fmt(Some(*v), r.decimals), v / d)
+                }
+                _ => fmt(Some(*v), r.decimals),
+            };
+            let _ = write!(s, " {cell} |");
+        }
+        s.push('\n');
+    }
+    s
+}
+
 /// nproc, CPU model, memory and kernel, from /proc.
 pub fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -181,5 +241,22 @@ mod tests {
         let r = Row::new("w", "MiB", 1).only(30.0);
         assert!(r.target(Target::Below(64.0)).verdict().ends_with('✅'));
         assert!(table(&[Row::new("w", "m", 0).only(1.0)]).contains("| w | m | — | 1 | — |  |"));
+    }
+
+    #[test]
+    fn compare_table_shows_ratios_to_direct() {
+        let rows = [
+            Compare::new("w", "req/s", 0, vec![100.0, 25.0, 50.0]),
+            Compare::new("w", "cpu", 0, vec![f64::NAN, 40.0, 20.0]).without_ratio(),
+        ];
+        let t = compare_table(&["a", "b"], &rows);
+        assert!(
+            t.starts_with("| workload | metric | direct | a | b |\n|---|---|---:|---:|---:|\n")
+        );
+        assert!(
+            t.contains("| w | req/s | 100 | 25 (0.25×) | 50 (0.50×) |"),
+            "{t}"
+        );
+        assert!(t.contains("| w | cpu | — | 40 | 20 |"), "{t}");
     }
 }
