@@ -74,7 +74,8 @@ impl LocalService {
         .map_err(|e| format!("invalid request path: {e}"))?;
         let method = http::Method::from_bytes(start.method.as_bytes())
             .map_err(|_| "invalid method".to_owned())?;
-        let mut headers = silo_proto::headers::from_wire(start.headers);
+        // Room for the three X-Forwarded-* headers added below.
+        let mut headers = silo_proto::headers::from_wire_with_room(start.headers, 3);
         silo_proto::headers::strip_hop_by_hop(&mut headers, start.upgrade);
         headers.remove(header::HOST);
         add_forwarded(&mut headers, &start.client_addr, &start.scheme, &start.host);

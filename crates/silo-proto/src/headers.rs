@@ -24,6 +24,18 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// names. `Upgrade` is removed too unless `keep_upgrade` (an upgrade request
 /// or a 101 response), in which case `Connection: upgrade` is restored.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them: one scan over the names present is
+    // far cheaper than hashing nine names for removals that find nothing
+    // (callgrind: ~3,000 instructions per exchange on each side).
+    let any = headers
+        .keys()
+        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name));
+    if !any {
+        if keep_upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -70,7 +82,13 @@ pub fn to_wire(headers: &HeaderMap) -> Vec<Header> {
 /// value are skipped rather than failing the whole exchange: they could not
 /// have come from a valid HTTP message.
 pub fn from_wire(wire: Vec<Header>) -> HeaderMap {
-    let mut map = HeaderMap::with_capacity(wire.len());
+    from_wire_with_room(wire, 0)
+}
+
+/// [`from_wire`] with room for `extra` more headers, so adding them does
+/// not grow (rehash) the map.
+pub fn from_wire_with_room(wire: Vec<Header>, extra: usize) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(wire.len() + extra);
     for h in wire {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(h.name.as_bytes()),
@@ -126,6 +144,45 @@ mod tests {
         strip_hop_by_hop(&mut m, false);
         let names: Vec<_> = m.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_dropped_and_others_kept() {
+        // Each alone: the scan that skips clean messages must see every one.
+        for hop in [
+            "connection",
+            "proxy-connection",
+            "keep-alive",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            let mut m = map(&[("x-a", "1"), (hop, "v"), ("x-b", "2")]);
+            strip_hop_by_hop(&mut m, false);
+            let names: Vec<_> = m.keys().map(|k| k.as_str()).collect();
+            assert_eq!(names, ["x-a", "x-b"], "{hop}");
+        }
+        let mut clean = map(&[
+            ("content-length", "3"),
+            ("set-cookie", "a"),
+            ("set-cookie", "b"),
+        ]);
+        let before = clean.clone();
+        strip_hop_by_hop(&mut clean, false);
+        assert_eq!(clean, before);
+        strip_hop_by_hop(&mut clean, true);
+        assert_eq!(clean["connection"], "upgrade");
+    }
+
+    #[test]
+    fn room_for_extra_headers_changes_nothing_else() {
+        let wire = to_wire(&map(&[("a", "1"), ("a", "2"), ("b", "3")]));
+        let m = from_wire_with_room(wire.clone(), 3);
+        assert_eq!(m, from_wire(wire));
+        assert!(m.capacity() >= 5);
     }
 
     #[test]
