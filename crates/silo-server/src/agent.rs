@@ -33,6 +33,8 @@ pub struct AgentInfo {
     pub agent_version: String,
     pub cert_serial: Option<String>,
     pub cert_not_after: Option<OffsetDateTime>,
+    /// The agent's labelled metrics, shared by its exchanges.
+    pub meters: std::sync::Arc<crate::metrics::AgentMeters>,
 }
 
 /// Why the server ends an agent's session.

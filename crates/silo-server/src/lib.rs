@@ -153,6 +153,11 @@ pub async fn run(
         );
     }
     let admin_key = admin_api_key(&config)?;
+    if config.metrics.enabled {
+        // Installs the recorder before the first exchange: counters taken
+        // before it exists are no-ops, and sessions keep their handles.
+        crate::metrics::handle();
+    }
     let persistence = store_setup::prepare(&config).await?;
     let tls = if config.grpc.tls.enabled {
         Some(tls::init(&config, Arc::default())?)

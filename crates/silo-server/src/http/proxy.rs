@@ -7,6 +7,7 @@
 //! everything, verbatim, to its one agent.
 
 use crate::agent::{ProxyBody, ProxyError, ProxyRequest};
+use crate::metrics::AgentMeters;
 use crate::state::ServerState;
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
@@ -112,17 +113,17 @@ pub async fn handle(
         on_upgrade,
     };
     let started = std::time::Instant::now();
-    let agent = registered.conn.info().agent_id.clone();
+    let meters = registered.conn.info().meters.clone();
     let resp = registered
         .conn
         .forward(request)
         .await
         .unwrap_or_else(ProxyError::into_response);
-    crate::metrics::exchange_answered(&agent, resp.status().as_u16(), started.elapsed());
+    meters.answered(resp.status().as_u16(), started.elapsed());
     Ok(resp.map(|body| {
         CountingBody {
             inner: body,
-            agent,
+            meters,
             bytes: 0,
         }
         .boxed_unsync()
@@ -133,7 +134,7 @@ pub async fn handle(
 /// the body is done or dropped.
 struct CountingBody {
     inner: ProxyBody,
-    agent: String,
+    meters: Arc<AgentMeters>,
     bytes: u64,
 }
 
@@ -165,7 +166,7 @@ impl http_body::Body for CountingBody {
 
 impl Drop for CountingBody {
     fn drop(&mut self) {
-        crate::metrics::exchange_bytes(&self.agent, "out", self.bytes);
+        self.meters.bytes_out(self.bytes);
     }
 }
 

@@ -67,7 +67,7 @@ pub(crate) async fn forward(
     let payload = read_body(body, settings.max_request_body_bytes, settings.idle_timeout).await?;
     // Response bytes are counted by the proxy handler for every protocol;
     // request bytes by each protocol's exchange.
-    crate::metrics::exchange_bytes(&agent, "in", payload.len() as u64);
+    session.info.meters.bytes_in(payload.len() as u64);
     strip_hop_by_hop(&mut parts.headers, false);
     let message = request_message(&parts, payload, client_addr, scheme, &host);
     let id = message.id.clone();

@@ -163,6 +163,7 @@ impl ProxyService for LegacyService {
             agent_version: String::new(),
             cert_serial: peer.as_ref().map(|p| p.serial_hex.clone()),
             cert_not_after: peer.as_ref().map(|p| p.not_after),
+            meters: Arc::new(crate::metrics::AgentMeters::new(&agent_id)),
         };
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let session = Arc::new(LegacySession::new(

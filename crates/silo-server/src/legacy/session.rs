@@ -138,6 +138,7 @@ mod tests {
             agent_version: String::new(),
             cert_serial: None,
             cert_not_after: None,
+            meters: Arc::new(crate::metrics::AgentMeters::new("a")),
         };
         let settings = Arc::new(LegacySettings {
             request_timeout: Duration::from_secs(1),

@@ -6,6 +6,7 @@ use super::response::{AgentBody, CancelOnDrop, Reuse};
 use super::session::{FrameTx, NativeSession, Standby};
 use crate::agent::{ProxyBody, ProxyError, ProxyRequest};
 use crate::inflight::InFlightGuard;
+use crate::metrics::AgentMeters;
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body::Body;
@@ -60,7 +61,7 @@ pub(crate) async fn forward(
         })
     {
         inline_body = read_small_body(small, settings.idle_timeout).await?;
-        crate::metrics::exchange_bytes(&agent, "in", inline_body.len() as u64);
+        session.info.meters.bytes_in(inline_body.len() as u64);
         has_body = false;
     }
     let mut start = Some(RequestStart {
@@ -116,7 +117,7 @@ pub(crate) async fn forward(
             tx.clone(),
             settings.idle_timeout,
             max_body,
-            agent.clone(),
+            session.info.meters.clone(),
             request_sent.clone(),
         ));
     }
@@ -222,10 +223,10 @@ async fn pump_request_body(
     tx: FrameTx,
     idle: Duration,
     max: u64,
-    agent: String,
+    meters: Arc<AgentMeters>,
     request_sent: Arc<AtomicBool>,
 ) {
-    let mut sent = SentBytes { agent, bytes: 0 };
+    let mut sent = SentBytes { meters, bytes: 0 };
     if pump_body_frames(&mut body, &tx, idle, max, &mut sent.bytes).await {
         request_sent.store(true, Ordering::Release);
     }
@@ -233,13 +234,13 @@ async fn pump_request_body(
 
 /// Records the request bytes of one exchange however the pump ends.
 struct SentBytes {
-    agent: String,
+    meters: Arc<AgentMeters>,
     bytes: u64,
 }
 
 impl Drop for SentBytes {
     fn drop(&mut self) {
-        crate::metrics::exchange_bytes(&self.agent, "in", self.bytes);
+        self.meters.bytes_in(self.bytes);
     }
 }
 

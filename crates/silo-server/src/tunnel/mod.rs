@@ -137,6 +137,7 @@ impl Tunnel for TunnelService {
             agent_version: hello.agent_version.clone(),
             cert_serial: peer.as_ref().map(|p| p.serial_hex.clone()),
             cert_not_after: peer.as_ref().map(|p| p.not_after),
+            meters: Arc::new(crate::metrics::AgentMeters::new(&agent_id)),
         };
         let mut session = NativeSession::new(
             info,
