@@ -52,7 +52,8 @@ struct Samples {
     mbps: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
-    /// CPU µs of the server and of the agent per tunnelled request.
+    /// CPU µs of the server and of the agent per tunnelled request (for a
+    /// peer: both its processes in `server_us`, 0 in `agent_us`).
     server_us: Vec<f64>,
     agent_us: Vec<f64>,
     errors: u64,
