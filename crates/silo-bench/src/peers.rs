@@ -9,13 +9,13 @@
 //! rathole's TLS transport authenticates the server only (no client
 //! certificate), so it does less than silo-proxy's mutual TLS.
 
-use crate::procs::{Proc, free_port};
+use crate::procs::{Proc, free_port, wait_for};
 use anyhow::{Context, bail};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A running peer tunnel: plain HTTP on `addr` reaches the backend.
 pub struct Peer {
@@ -82,8 +82,8 @@ fn start_bore(bin: &Path, dir: &Path, backend: SocketAddr) -> anyhow::Result<Pee
         "--max-port",
         &port.to_string(),
     ]);
-    let server = Proc::spawn_command("bore", server, dir, &dir.join("server.log"))?;
-    wait_listening(SocketAddr::from(([127, 0, 0, 1], 7835)))?;
+    let mut server = Proc::spawn_command("bore", server, dir, &dir.join("server.log"))?;
+    wait_listening(&mut server, SocketAddr::from(([127, 0, 0, 1], 7835)))?;
     let mut client = Command::new(bin);
     client.args([
         "local",
@@ -159,8 +159,8 @@ fn start_rathole(
     )?;
     let mut server = Command::new(bin);
     server.args(["--server", "server.toml"]);
-    let server = Proc::spawn_command("rathole", server, dir, &dir.join("server.log"))?;
-    wait_listening(SocketAddr::from(([127, 0, 0, 1], control)))?;
+    let mut server = Proc::spawn_command("rathole", server, dir, &dir.join("server.log"))?;
+    wait_listening(&mut server, SocketAddr::from(([127, 0, 0, 1], control)))?;
     let mut client = Command::new(bin);
     client.args(["--client", "client.toml"]);
     let client = Proc::spawn_command("rathole", client, dir, &dir.join("client.log"))?;
@@ -171,32 +171,22 @@ fn start_rathole(
     })
 }
 
-fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on {addr} after 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
+/// Waits until something accepts connections on `addr`.
+fn wait_listening(server: &mut Proc, addr: SocketAddr) -> anyhow::Result<()> {
+    let what = format!("a listener on {addr}");
+    wait_for(&mut [server], Duration::from_secs(10), &what, || {
+        TcpStream::connect(addr).is_ok().then_some(())
+    })
 }
 
 /// Waits until a request through the peer reaches the backend.
 fn ready(mut peer: Peer) -> anyhow::Result<Peer> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        for p in &mut peer.procs {
-            p.check_alive()?;
-        }
-        if get_small(peer.addr).is_ok() {
-            return Ok(peer);
-        }
-        if Instant::now() > deadline {
-            bail!("no answer through {} after 10 s", peer.label);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let what = format!("an answer through {}", peer.label);
+    let mut procs: Vec<&mut Proc> = peer.procs.iter_mut().collect();
+    wait_for(&mut procs, Duration::from_secs(10), &what, || {
+        get_small(peer.addr).ok()
+    })?;
+    Ok(peer)
 }
 
 fn get_small(addr: SocketAddr) -> anyhow::Result<()> {

@@ -237,22 +237,20 @@ impl Server {
         let mut proc = Proc::spawn("silo-proxy-server", &file, dir)?;
         let grpc = SocketAddr::from(([127, 0, 0, 1], grpc));
         let paths = CaPaths::under_data_dir(&data_dir);
-        let deadline = Instant::now() + Duration::from_secs(60);
         // Up when the gRPC port answers and the CA and server certificate
         // it generated are on disk (ports are bound before the PKI starts).
-        let ready = || {
-            [&paths.ca_cert, &paths.ca_key, &paths.server_cert]
-                .iter()
-                .all(|p| p.is_file())
-                && TcpStream::connect(grpc).is_ok()
-        };
-        while !ready() {
-            proc.check_alive()?;
-            if Instant::now() > deadline {
-                bail!("server did not come up within 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for(
+            &mut [&mut proc],
+            Duration::from_secs(60),
+            "server up",
+            || {
+                ([&paths.ca_cert, &paths.ca_key, &paths.server_cert]
+                    .iter()
+                    .all(|p| p.is_file())
+                    && TcpStream::connect(grpc).is_ok())
+                .then_some(())
+            },
+        )?;
         Ok(Self {
             proc,
             grpc,
@@ -340,17 +338,34 @@ impl Agent {
         let file = dir.join("agent.yaml");
         std::fs::write(&file, serde_json::to_string_pretty(&config)?)?;
         let mut proc = Proc::spawn("silo-proxy-agent", &file, dir)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            proc.check_alive()?;
-            if let Some(port) = health_port(health) {
-                return Ok(Self { proc, port });
-            }
-            if Instant::now() > deadline {
-                bail!("agent did not connect within 30 s (log: {})", dir.display());
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let what = format!("agent connected (log: {})", dir.display());
+        let port = wait_for(&mut [&mut proc], Duration::from_secs(30), &what, || {
+            health_port(health)
+        })?;
+        Ok(Self { proc, port })
+    }
+}
+
+/// Polls `check` until it yields a value; fails as soon as one of `procs`
+/// has exited (with the end of its log), or after `within`.
+pub fn wait_for<T>(
+    procs: &mut [&mut Proc],
+    within: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        for p in procs.iter_mut() {
+            p.check_alive()?;
         }
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {within:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
