@@ -1,6 +1,7 @@
 //! The agent half of one exchange: replay the request on the local service
 //! and stream the answer (or, after a `101`, raw bytes) back.
 
+use crate::backend::Requester;
 use crate::local::{LocalBody, LocalService};
 use bytes::{Bytes, BytesMut};
 use http_body::Body as _;
@@ -97,6 +98,7 @@ async fn dispatch_inbound(
 /// `inline_body`: the server accepts a small response body inside the head.
 pub async fn run(
     local: &LocalService,
+    backend: Requester<'_>,
     start: RequestStart,
     inbound: &mut Streaming<ServerFrame>,
     tx: &FrameTx,
@@ -110,7 +112,7 @@ pub async fn run(
     // Serving and reading the server's frames run in this one task: no
     // task per exchange, and the stream is back in our hands at the end.
     let serving = async {
-        if serve(local, start, data_rx, tx, &cancel, inline_body).await {
+        if serve(local, backend, start, data_rx, tx, &cancel, inline_body).await {
             served.cancel();
         } else {
             cancel.cancel();
@@ -127,6 +129,7 @@ pub async fn run(
 /// last frame (`End`, a complete head or an error) is queued.
 async fn serve(
     local: &LocalService,
+    mut backend: Requester<'_>,
     mut start: RequestStart,
     data_rx: mpsc::Receiver<Bytes>,
     tx: &FrameTx,
@@ -163,7 +166,7 @@ async fn serve(
         }
     };
     let response = tokio::select! {
-        r = local.send(req) => r,
+        r = backend.send(local, req) => r,
         _ = cancel.cancelled() => { debug!("cancelled before the local response"); return false },
     };
     let mut response = match response {

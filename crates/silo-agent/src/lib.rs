@@ -7,12 +7,14 @@
 //!   shutdown token.
 //! - [`session`]: connect, hello, heartbeats, reconnect ([`backoff`]).
 //! - [`standby`]: the pool of pre-opened exchange streams.
-//! - [`exchange`]: one exchange against the local service ([`local`]).
+//! - [`exchange`]: one exchange against the local service ([`local`]), on
+//!   the stream's own connection to it ([`backend`]).
 //! - [`health`]: the agent's own `GET /health`.
 //! - [`provision`]: the `provision` command (key + CSR → certificate).
 //! - [`renew`]: automatic certificate renewal over the tunnel.
 //! - [`legacy`]: client mode for servers of the Go implementation.
 
+pub mod backend;
 pub mod backoff;
 pub mod config;
 pub mod exchange;

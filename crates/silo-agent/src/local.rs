@@ -1,5 +1,7 @@
-//! The local service the agent fronts: a pooled HTTP client and the request
-//! rewriting (target URL, hop-by-hop headers, `X-Forwarded-*`).
+//! The local service the agent fronts: how to reach it (a connection per
+//! Exchange stream, see [`crate::backend`]; a pooled client for the legacy
+//! protocol) and the request rewriting (target path, `Host`, hop-by-hop
+//! headers, `X-Forwarded-*`).
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -26,6 +28,9 @@ pub struct LocalService {
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     base_path: String,
+    /// `Host` of every request: the local service's own authority.
+    host: HeaderValue,
+    connector: HttpConnector,
     client: Client<HttpConnector, LocalBody>,
 }
 
@@ -37,15 +42,19 @@ impl LocalService {
         connector.set_keepalive(Some(Duration::from_secs(60)));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+            .build(connector.clone());
+        let authority = base
+            .authority()
+            .cloned()
+            .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
         Self {
             scheme: base.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
-            authority: base
-                .authority()
-                .cloned()
-                .unwrap_or_else(|| http::uri::Authority::from_static("localhost")),
+            host: HeaderValue::from_str(authority.as_str())
+                .expect("a URI authority is a valid header value"),
+            authority,
             base_path: base.path().trim_end_matches('/').to_owned(),
             base,
+            connector,
             client,
         }
     }
@@ -54,30 +63,23 @@ impl LocalService {
         &self.base
     }
 
-    /// The request for the local service: its URL joined with the
-    /// forwarded path, headers kept in order minus hop-by-hop ones, `Host`
-    /// set by the client from the URL, and `X-Forwarded-*` added. Takes the
-    /// head by value so headers and path move instead of being copied.
+    /// The request for the local service, as written on its connection:
+    /// origin-form (the forwarded path under the URL's path), headers kept
+    /// in order minus hop-by-hop ones, `Host` set to the local service's
+    /// authority, and `X-Forwarded-*` added. Takes the head by value so
+    /// headers and path move instead of being copied.
     pub fn build_request(
         &self,
         start: RequestStart,
         body: LocalBody,
     ) -> Result<Request<LocalBody>, String> {
-        let path_and_query = self.join_path(start.path_and_query)?;
-        let uri = Uri::from_parts({
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(self.scheme.clone());
-            parts.authority = Some(self.authority.clone());
-            parts.path_and_query = Some(path_and_query);
-            parts
-        })
-        .map_err(|e| format!("invalid request path: {e}"))?;
+        let uri = Uri::from(self.join_path(start.path_and_query)?);
         let method = http::Method::from_bytes(start.method.as_bytes())
             .map_err(|_| "invalid method".to_owned())?;
-        // Room for the three X-Forwarded-* headers added below.
-        let mut headers = silo_proto::headers::from_wire_with_room(start.headers, 3);
+        // Room for `Host` and the three X-Forwarded-* headers added below.
+        let mut headers = silo_proto::headers::from_wire_with_room(start.headers, 4);
         silo_proto::headers::strip_hop_by_hop(&mut headers, start.upgrade);
-        headers.remove(header::HOST);
+        headers.insert(header::HOST, self.host.clone());
         add_forwarded(&mut headers, &start.client_addr, &start.scheme, &start.host);
         let mut req = Request::new(body);
         *req.method_mut() = method;
@@ -98,17 +100,52 @@ impl LocalService {
             .map_err(|e| format!("invalid request path: {e}"))
     }
 
+    /// Sends a request from [`Self::build_request`] through the pooled
+    /// client (the legacy protocol, which has no stream per exchange).
     pub async fn send(
         &self,
-        req: Request<LocalBody>,
+        mut req: Request<LocalBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, String> {
-        self.client.request(req).await.map_err(|e| {
-            format!(
-                "local service {} is unreachable: {}",
-                self.base,
-                error_chain(&e)
-            )
-        })
+        // The pool wants the absolute URL to pick a connection; it writes
+        // the origin form.
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        *req.uri_mut() =
+            Uri::from_parts(parts).map_err(|e| format!("invalid request path: {e}"))?;
+        self.client
+            .request(req)
+            .await
+            .map_err(|e| self.unreachable(&e))
+    }
+
+    /// Opens a connection of its own to the local service (TCP_NODELAY,
+    /// a 10 s connect timeout), for [`crate::backend`].
+    pub async fn connect(
+        &self,
+    ) -> Result<
+        (
+            hyper::client::conn::http1::SendRequest<LocalBody>,
+            crate::backend::Connection,
+        ),
+        String,
+    > {
+        let io = tower::Service::call(&mut self.connector.clone(), self.base.clone())
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        Ok((sender, Box::pin(conn.with_upgrades())))
+    }
+
+    /// The error line for a request the local service did not answer.
+    pub fn unreachable(&self, e: &(dyn std::error::Error + 'static)) -> String {
+        format!(
+            "local service {} is unreachable: {}",
+            self.base,
+            error_chain(e)
+        )
     }
 }
 
@@ -196,8 +233,9 @@ mod tests {
                 empty(),
             )
             .unwrap();
-        assert_eq!(req.uri(), "http://127.0.0.1:3000/app/x/y?q=1");
-        assert!(req.headers().get("host").is_none());
+        assert_eq!(req.uri(), "/app/x/y?q=1");
+        assert_eq!(req.headers()["host"], "127.0.0.1:3000");
+        assert_eq!(req.headers().get_all("host").iter().count(), 1);
         assert_eq!(req.headers()["x-forwarded-for"], "10.0.0.1, 203.0.113.7");
         assert_eq!(req.headers()["x-forwarded-proto"], "http");
         assert_eq!(req.headers()["x-forwarded-host"], "public.example:8000");

@@ -9,6 +9,7 @@
 //! waits for the next request head; without it each stream carries one
 //! exchange and every claim opens a replacement.
 
+use crate::backend::{self, Backend};
 use crate::exchange;
 use crate::local::LocalService;
 use silo_proto::SESSION_ID_METADATA;
@@ -29,6 +30,10 @@ use tracing::{Instrument, debug, debug_span};
 /// How long a stream that carried its last exchange stays open for the
 /// server to close its side.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A stream's connection to the local service is closed after this long
+/// without an exchange (what hyper-util's pool did before).
+const LOCAL_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct StandbyPool {
     client: TunnelClient<Channel>,
@@ -121,11 +126,21 @@ impl StandbyPool {
             }
         };
         debug!("standby stream open");
+        let mut local_conn = Backend::default();
         loop {
-            let first = tokio::select! {
-                m = inbound.message() => m,
-                _ = self.stop.cancelled() => Ok(None),
-            };
+            let (slot, _) = local_conn.split();
+            let first = backend::drive(slot, async {
+                let idle = tokio::time::sleep(LOCAL_IDLE);
+                tokio::pin!(idle);
+                loop {
+                    tokio::select! {
+                        m = inbound.message() => return m,
+                        _ = self.stop.cancelled() => return Ok(None),
+                        _ = &mut idle, if !idle.is_elapsed() => slot.close(),
+                    }
+                }
+            })
+            .await;
             let idle_left = self.idle.fetch_sub(1, Ordering::Relaxed) - 1;
             let Ok(Some(ServerFrame {
                 frame: Some(server_frame::Frame::Start(start)),
@@ -144,11 +159,21 @@ impl StandbyPool {
             // Without reuse the claimed stream is gone for good.
             self.open(if self.reuse { short } else { short.max(1) });
             let span = debug_span!("exchange", id = %start.exchange_id, method = %start.method);
-            let clean = exchange::run(&self.local, start, &mut inbound, &tx, self.inline_body)
-                .instrument(span)
-                .await;
+            let (slot, requester) = local_conn.split();
+            let exchange = exchange::run(
+                &self.local,
+                requester,
+                start,
+                &mut inbound,
+                &tx,
+                self.inline_body,
+            );
+            let clean = backend::drive(slot, exchange).instrument(span).await;
             self.active.fetch_sub(1, Ordering::Relaxed);
             if !(clean && self.reuse) || self.stop.is_cancelled() {
+                // A connection left mid-exchange cannot carry another one;
+                // dropping it aborts what the local service is doing.
+                drop(local_conn);
                 if clean {
                     // Dropping our half now would reset the HTTP/2 stream
                     // and discard frames still queued on it: wait for the
