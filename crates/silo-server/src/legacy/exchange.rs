@@ -181,7 +181,7 @@ fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, scheme: &str, host
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
-    let client = client.ip().to_string();
+    let client = crate::client_addr::ip_text(client.ip());
     let chain = if prior.is_empty() {
         client
     } else {

@@ -66,13 +66,13 @@ pub(crate) async fn forward(
     }
     let mut start = Some(RequestStart {
         exchange_id: session.next_exchange_id(),
-        method: parts.method.to_string(),
+        method: parts.method.as_str().to_owned(),
         path_and_query: parts
             .uri
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
         headers: headers::to_wire(&parts.headers),
-        client_addr: client_addr.ip().to_string(),
+        client_addr: crate::client_addr::ip_text(client_addr.ip()),
         scheme: scheme.to_owned(),
         host,
         upgrade,
