@@ -2,6 +2,7 @@
 //! and stream the answer (or, after a `101`, raw bytes) back.
 
 use crate::backend::Requester;
+use crate::joined::{self, Flag};
 use crate::local::{LocalBody, LocalService};
 use bytes::{Bytes, BytesMut};
 use http_body::Body as _;
@@ -16,7 +17,6 @@ use silo_proto::v1::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 use tracing::debug;
 
@@ -42,15 +42,15 @@ async fn dispatch_inbound(
     inbound: &mut Streaming<ServerFrame>,
     data_tx: mpsc::Sender<Bytes>,
     mut request_ended: bool,
-    cancel: &CancellationToken,
-    served: &CancellationToken,
+    cancel: &Flag,
+    served: &Flag,
 ) -> bool {
     let mut data_tx = Some(data_tx);
     loop {
         let next = tokio::select! {
             biased;
-            _ = cancel.cancelled() => return false,
-            _ = served.cancelled(), if request_ended => return true,
+            _ = cancel.raised() => return false,
+            _ = served.raised(), if request_ended => return true,
             m = inbound.message() => m,
         };
         match next {
@@ -73,20 +73,20 @@ async fn dispatch_inbound(
                 frame: Some(server_frame::Frame::Cancel(c)),
             })) => {
                 debug!(reason = %c.reason, "exchange cancelled by the server");
-                cancel.cancel();
+                cancel.raise();
                 return false;
             }
             Ok(Some(ServerFrame {
                 frame: Some(server_frame::Frame::Start(_)),
             })) => {
                 debug!("the server started an exchange on a busy stream");
-                cancel.cancel();
+                cancel.raise();
                 return false;
             }
             Ok(Some(_)) => {}
             other => {
                 debug!(?other, "server side of the exchange ended");
-                cancel.cancel();
+                cancel.raise();
                 return false;
             }
         }
@@ -104,24 +104,22 @@ pub async fn run(
     tx: &FrameTx,
     inline_body: bool,
 ) -> bool {
-    let cancel = CancellationToken::new();
-    let served = CancellationToken::new();
+    let (cancel, served) = (Flag::default(), Flag::default());
     let upgrade = start.upgrade;
     let request_ended = !start.has_body && !upgrade;
     let (data_tx, data_rx) = mpsc::channel::<Bytes>(FRAME_QUEUE);
     // Serving and reading the server's frames run in this one task: no
     // task per exchange, and the stream is back in our hands at the end.
+    // The flags between them need no lock (see `joined`).
     let serving = async {
         if serve(local, backend, start, data_rx, tx, &cancel, inline_body).await {
-            served.cancel();
+            served.raise();
         } else {
-            cancel.cancel();
+            cancel.raise();
         }
     };
-    let ((), clean) = tokio::join!(
-        serving,
-        dispatch_inbound(inbound, data_tx, request_ended, &cancel, &served)
-    );
+    let dispatch = dispatch_inbound(inbound, data_tx, request_ended, &cancel, &served);
+    let ((), clean) = joined::join(serving, dispatch, &[&cancel, &served]).await;
     clean && !upgrade
 }
 
@@ -133,7 +131,7 @@ async fn serve(
     mut start: RequestStart,
     data_rx: mpsc::Receiver<Bytes>,
     tx: &FrameTx,
-    cancel: &CancellationToken,
+    cancel: &Flag,
     inline_body: bool,
 ) -> bool {
     let upgrade = start.upgrade;
@@ -167,7 +165,7 @@ async fn serve(
     };
     let response = tokio::select! {
         r = backend.send(local, req) => r,
-        _ = cancel.cancelled() => { debug!("cancelled before the local response"); return false },
+        _ = cancel.raised() => { debug!("cancelled before the local response"); return false },
     };
     let mut response = match response {
         Ok(r) => r,
@@ -199,7 +197,7 @@ async fn serve(
     {
         let collected = tokio::select! {
             c = body.collect() => c,
-            _ = cancel.cancelled() => return false,
+            _ = cancel.raised() => return false,
         };
         let frame = match collected {
             Ok(c) => {
@@ -232,7 +230,7 @@ async fn serve(
     loop {
         let next = tokio::select! {
             f = body.frame() => f,
-            _ = cancel.cancelled() => return false,
+            _ = cancel.raised() => return false,
         };
         match next {
             Some(Ok(f)) => {
@@ -243,7 +241,7 @@ async fn serve(
                     let chunk = data.split_to(data.len().min(MAX_CHUNK_BYTES));
                     let sent = tokio::select! {
                         r = tx.send(frame(agent_frame::Frame::Data(chunk))) => r.is_ok(),
-                        _ = cancel.cancelled() => false,
+                        _ = cancel.raised() => false,
                     };
                     if !sent {
                         return false;
@@ -275,7 +273,7 @@ async fn pump_upgraded(
     on_upgrade: hyper::upgrade::OnUpgrade,
     mut input: mpsc::Receiver<Bytes>,
     tx: &FrameTx,
-    cancel: &CancellationToken,
+    cancel: &Flag,
 ) {
     let Ok(upgraded) = on_upgrade.await else {
         let _ = tx
@@ -316,7 +314,7 @@ async fn pump_upgraded(
                     let _ = io.shutdown().await;
                 }
             },
-            _ = cancel.cancelled() => return,
+            _ = cancel.raised() => return,
         }
     }
 }

@@ -8,7 +8,8 @@
 //! - [`session`]: connect, hello, heartbeats, reconnect ([`backoff`]).
 //! - [`standby`]: the pool of pre-opened exchange streams.
 //! - [`exchange`]: one exchange against the local service ([`local`]), on
-//!   the stream's own connection to it ([`backend`]).
+//!   the stream's own connection to it ([`backend`]); its two halves run
+//!   under [`joined`].
 //! - [`health`]: the agent's own `GET /health`.
 //! - [`provision`]: the `provision` command (key + CSR → certificate).
 //! - [`renew`]: automatic certificate renewal over the tunnel.
@@ -19,6 +20,7 @@ pub mod backoff;
 pub mod config;
 pub mod exchange;
 pub mod health;
+pub mod joined;
 pub mod legacy;
 pub mod local;
 pub mod provision;
