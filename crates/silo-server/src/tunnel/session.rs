@@ -97,7 +97,7 @@ impl NativeSession {
     /// session id names the session); no random bytes on the hot path.
     pub(crate) fn next_exchange_id(&self) -> String {
         let n = self.exchanges_started.fetch_add(1, Ordering::Relaxed) + 1;
-        format!("{}-{n}", &self.info.session_id[..8])
+        exchange_id(&self.info.session_id[..8], n)
     }
 
     pub(crate) fn add_standby(&self, standby: Standby) {
@@ -155,5 +155,38 @@ impl AgentConnection for NativeSession {
 
     fn close(&self, reason: CloseReason) {
         self.liveness.close(reason);
+    }
+}
+
+/// `{prefix}-{n}`, written by hand: `format!` cost ≈ 850 instructions per
+/// exchange in callgrind, on every proxied request.
+fn exchange_id(prefix: &str, n: u64) -> String {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut rest = n;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let mut id = String::with_capacity(prefix.len() + 1 + digits.len() - start);
+    id.push_str(prefix);
+    id.push('-');
+    for &d in &digits[start..] {
+        id.push(char::from(d));
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exchange_ids_match_format() {
+        for n in [0, 1, 9, 10, 99, 100, 12_345, u64::MAX] {
+            assert_eq!(super::exchange_id("0a1b2c3d", n), format!("0a1b2c3d-{n}"));
+        }
     }
 }
