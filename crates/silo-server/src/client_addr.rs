@@ -9,25 +9,20 @@
 use http::HeaderMap;
 use std::net::{IpAddr, SocketAddr};
 
-/// `ip` as text, for the `X-Forwarded-For` of every proxied request. IPv4
-/// is written digit by digit: `Ipv4Addr`'s `Display` goes through the
-/// formatting machinery and cost ≈ 1.3 k instructions per request.
+/// `ip` as text, for the `X-Forwarded-For` of every proxied request.
+/// `Ipv4Addr`'s `Display` goes through the formatting machinery and cost
+/// ≈ 1.3 k instructions per request; `itoa` writes the four octets.
 pub fn ip_text(ip: IpAddr) -> String {
     let IpAddr::V4(v4) = ip else {
         return ip.to_string();
     };
+    let mut digits = itoa::Buffer::new();
     let mut text = String::with_capacity(15);
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
             text.push('.');
         }
-        if octet >= 100 {
-            text.push(char::from(b'0' + octet / 100));
-        }
-        if octet >= 10 {
-            text.push(char::from(b'0' + octet / 10 % 10));
-        }
-        text.push(char::from(b'0' + octet % 10));
+        text.push_str(digits.format(octet));
     }
     text
 }

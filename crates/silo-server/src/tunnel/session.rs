@@ -158,26 +158,15 @@ impl AgentConnection for NativeSession {
     }
 }
 
-/// `{prefix}-{n}`, written by hand: `format!` cost ≈ 850 instructions per
+/// `{prefix}-{n}` without `format!`, which cost ≈ 850 instructions per
 /// exchange in callgrind, on every proxied request.
 fn exchange_id(prefix: &str, n: u64) -> String {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    let mut rest = n;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    let mut id = String::with_capacity(prefix.len() + 1 + digits.len() - start);
+    let mut digits = itoa::Buffer::new();
+    let n = digits.format(n);
+    let mut id = String::with_capacity(prefix.len() + 1 + n.len());
     id.push_str(prefix);
     id.push('-');
-    for &d in &digits[start..] {
-        id.push(char::from(d));
-    }
+    id.push_str(n);
     id
 }
 
