@@ -31,7 +31,7 @@ impl ConnSlot {
     }
 
     /// Drops the connection, closing it (the local service sees the abort).
-    pub fn close(&self) {
+    fn close(&self) {
         self.lock().take();
     }
 
@@ -56,14 +56,33 @@ impl ConnSlot {
     }
 }
 
+/// A connection is closed after this long without an exchange (what
+/// hyper-util's pool did before).
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A stream's connection to the local service.
 #[derive(Default)]
 pub struct Backend {
-    pub slot: ConnSlot,
-    pub sender: Option<http1::SendRequest<LocalBody>>,
+    slot: ConnSlot,
+    sender: Option<http1::SendRequest<LocalBody>>,
 }
 
 impl Backend {
+    /// Waits for `next` (the stream's next request head) between
+    /// exchanges. The connection is still polled, so a close by the local
+    /// service is noticed, and it is closed after [`IDLE_TIMEOUT`].
+    pub async fn idle<F: Future>(&self, next: F) -> F::Output {
+        drive(&self.slot, async {
+            let mut next = pin!(next);
+            tokio::select! {
+                out = &mut next => return out,
+                () = tokio::time::sleep(IDLE_TIMEOUT) => self.slot.close(),
+            }
+            next.await
+        })
+        .await
+    }
+
     /// The request half, for an exchange run under [`drive`] with `slot`.
     pub fn split(&mut self) -> (&ConnSlot, Requester<'_>) {
         let Backend { slot, sender } = self;

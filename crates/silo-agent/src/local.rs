@@ -3,11 +3,13 @@
 //! protocol) and the request rewriting (target path, `Host`, hop-by-hop
 //! headers, `X-Forwarded-*`).
 
+use crate::backend::Connection;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
+use hyper::client::conn::http1;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -28,7 +30,8 @@ pub struct LocalService {
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     base_path: String,
-    /// `Host` of every request: the local service's own authority.
+    /// `Host` of every request: the local service's host, and its port
+    /// unless it is the scheme's default (as hyper-util's client wrote it).
     host: HeaderValue,
     connector: HttpConnector,
     client: Client<HttpConnector, LocalBody>,
@@ -49,8 +52,7 @@ impl LocalService {
             .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
         Self {
             scheme: base.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
-            host: HeaderValue::from_str(authority.as_str())
-                .expect("a URI authority is a valid header value"),
+            host: host_header(&base),
             authority,
             base_path: base.path().trim_end_matches('/').to_owned(),
             base,
@@ -121,19 +123,11 @@ impl LocalService {
 
     /// Opens a connection of its own to the local service (TCP_NODELAY,
     /// a 10 s connect timeout), for [`crate::backend`].
-    pub async fn connect(
-        &self,
-    ) -> Result<
-        (
-            hyper::client::conn::http1::SendRequest<LocalBody>,
-            crate::backend::Connection,
-        ),
-        String,
-    > {
+    pub async fn connect(&self) -> Result<(http1::SendRequest<LocalBody>, Connection), String> {
         let io = tower::Service::call(&mut self.connector.clone(), self.base.clone())
             .await
             .map_err(|e| self.unreachable(&e))?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(io)
+        let (sender, conn) = http1::handshake(io)
             .await
             .map_err(|e| self.unreachable(&e))?;
         Ok((sender, Box::pin(conn.with_upgrades())))
@@ -147,6 +141,20 @@ impl LocalService {
             error_chain(e)
         )
     }
+}
+
+fn host_header(base: &Uri) -> HeaderValue {
+    let host = base.host().unwrap_or("localhost");
+    let default_port = if base.scheme() == Some(&http::uri::Scheme::HTTPS) {
+        443
+    } else {
+        80
+    };
+    let value = match base.port_u16() {
+        Some(port) if port != default_port => format!("{host}:{port}"),
+        _ => host.to_owned(),
+    };
+    HeaderValue::from_str(&value).expect("a URI host and port are a valid header value")
 }
 
 fn add_forwarded(headers: &mut HeaderMap, client_addr: &str, scheme: &str, host: &str) {
@@ -215,6 +223,22 @@ mod tests {
 
     fn empty() -> LocalBody {
         Empty::new().map_err(|never| match never {}).boxed_unsync()
+    }
+
+    #[test]
+    fn host_carries_the_port_only_when_it_is_not_the_default() {
+        for (url, host) in [
+            ("http://127.0.0.1:3000/app", "127.0.0.1:3000"),
+            ("http://localhost:80", "localhost"),
+            ("http://localhost", "localhost"),
+            ("https://svc.internal:443/", "svc.internal"),
+            ("http://user:pw@[::1]:8080/", "[::1]:8080"),
+        ] {
+            let req = LocalService::new(url.parse().unwrap())
+                .build_request(start("/", &[]), empty())
+                .unwrap();
+            assert_eq!(req.headers()["host"], host, "{url}");
+        }
     }
 
     #[test]

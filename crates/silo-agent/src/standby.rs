@@ -31,10 +31,6 @@ use tracing::{Instrument, debug, debug_span};
 /// server to close its side.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// A stream's connection to the local service is closed after this long
-/// without an exchange (what hyper-util's pool did before).
-const LOCAL_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
-
 pub struct StandbyPool {
     client: TunnelClient<Channel>,
     session_id: MetadataValue<tonic::metadata::Ascii>,
@@ -128,19 +124,14 @@ impl StandbyPool {
         debug!("standby stream open");
         let mut local_conn = Backend::default();
         loop {
-            let (slot, _) = local_conn.split();
-            let first = backend::drive(slot, async {
-                let idle = tokio::time::sleep(LOCAL_IDLE);
-                tokio::pin!(idle);
-                loop {
+            let first = local_conn
+                .idle(async {
                     tokio::select! {
-                        m = inbound.message() => return m,
-                        _ = self.stop.cancelled() => return Ok(None),
-                        _ = &mut idle, if !idle.is_elapsed() => slot.close(),
+                        m = inbound.message() => m,
+                        _ = self.stop.cancelled() => Ok(None),
                     }
-                }
-            })
-            .await;
+                })
+                .await;
             let idle_left = self.idle.fetch_sub(1, Ordering::Relaxed) - 1;
             let Ok(Some(ServerFrame {
                 frame: Some(server_frame::Frame::Start(start)),
